@@ -1,0 +1,345 @@
+"""Read a llama.cpp GGUF file into the canonical checkpoint (config, HF-Llama weights, tokenizer).
+
+The `gguf` package parses the file and dequantizes; this module maps llama.cpp's metadata keys and
+tensor names onto `ModelConfig` and the canonical layout, undoing llama.cpp's Q/K row permutation
+(llama) and splitting the fused tensors (phi3). Anything it cannot map raises a one-line InputError.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+
+import gguf
+import numpy as np
+import tokenizers
+from tokenizers import decoders, models, normalizers, pre_tokenizers
+
+from harness.errors import InputError
+from harness.model.config import Checkpoint, ModelConfig
+from harness.model.tokenizer import ChatTokenizer
+
+Q = gguf.GGMLQuantizationType
+
+# Tensor types whose dequantization the tests check against gguf.quants.quantize round trips.
+SUPPORTED_TENSOR_TYPES: frozenset[Q] = frozenset(
+    {Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1}
+)
+
+# llama.cpp token types (gguf.TokenType): 3 CONTROL and 4 USER_DEFINED are matched whole in text.
+_CONTROL, _USER_DEFINED = int(gguf.TokenType.CONTROL), int(gguf.TokenType.USER_DEFINED)
+
+# GGUF tensor suffix → canonical suffix, per layer; phi3's fused tensors are handled apart.
+_LAYER_TENSORS = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_GLOBAL_TENSORS = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_LAYER_NAME = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+# `tokenizer.ggml.pre` → how a byte-level vocabulary splits text before BPE (llama.cpp llama-vocab.cpp).
+# ByteLevel's own regex is GPT-2's; "smollm" first isolates every digit (llama.cpp's "\p{N}" rule).
+_BYTE_LEVEL_PRE = {
+    "default": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    "gpt2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    "smollm": lambda: pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    ),
+}
+
+_MISSING = object()
+
+
+def read_gguf(path: str | os.PathLike, *, dtype=np.float32) -> Checkpoint:
+    """Config, canonical weights (as `dtype`) and tokenizer of the GGUF file at `path`."""
+    path = pathlib.Path(path)
+    reader = open_gguf(path)
+    tensors = {t.name: t for t in reader.tensors}
+    config = read_config(reader, path, tensors)
+    weights = read_weights(config, tensors, path, dtype=dtype)
+    tokenizer = read_tokenizer(reader, path)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise InputError(
+            f"{path}: tokenizer.ggml.tokens has {tokenizer.vocab_size} tokens, "
+            f"more than the {config.vocab_size} rows of token_embd.weight"
+        )
+    return Checkpoint(config=config, weights=weights, tokenizer=tokenizer, source=str(path))
+
+
+def open_gguf(path: pathlib.Path) -> gguf.GGUFReader:
+    """A GGUFReader on `path`; a missing, truncated or corrupt file raises a one-line InputError."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such GGUF file")
+    try:
+        return gguf.GGUFReader(path, "r")
+    except Exception as error:  # the reader raises ValueError, KeyError, IndexError, ... on bad bytes
+        raise InputError(f"{path}: not a readable GGUF file, truncated or corrupt ({_one_line(error)})") from error
+
+
+def read_config(reader: gguf.GGUFReader, path: pathlib.Path, tensors: dict) -> ModelConfig:
+    """ModelConfig from the `{arch}.*` metadata keys; vocab size from token_embd.weight's rows."""
+    arch = metadata(reader, path, "general.architecture")
+    if arch not in ("llama", "phi3"):
+        raise InputError(f"{path}: general.architecture is {arch!r}, expected 'llama' or 'phi3'")
+
+    def key(name, default=_MISSING):
+        return metadata(reader, path, f"{arch}.{name}", default)
+
+    d_model = _positive_int(key("embedding_length"), path, f"{arch}.embedding_length")
+    n_heads = _positive_int(key("attention.head_count"), path, f"{arch}.attention.head_count")
+    # GGUF spec: head_count_kv absent means no grouped-query attention (as many KV heads as heads).
+    n_kv_heads = _positive_int(key("attention.head_count_kv", n_heads), path, f"{arch}.attention.head_count_kv")
+    if d_model % n_heads:
+        raise InputError(f"{path}: {arch}.embedding_length={d_model} is not a multiple of head_count={n_heads}")
+    head_dim = d_model // n_heads
+    rope_dims = key("rope.dimension_count", head_dim)
+    if rope_dims != head_dim:
+        raise InputError(
+            f"{path}: {arch}.rope.dimension_count={rope_dims} but head_dim={head_dim}; "
+            "partial rotary embeddings are not supported"
+        )
+    if "token_embd.weight" not in tensors:
+        raise InputError(f"{path}: tensor token_embd.weight is missing")
+    vocab_size = int(tensors["token_embd.weight"].shape[-1])  # GGUF order: [d_model, vocab]
+    stated_vocab = key("vocab_size", vocab_size)
+    if stated_vocab != vocab_size:
+        raise InputError(f"{path}: {arch}.vocab_size={stated_vocab} but token_embd.weight has {vocab_size} rows")
+    window = key("attention.sliding_window", None) if arch == "phi3" else None
+    return ModelConfig(
+        architecture=arch,
+        d_model=d_model,
+        n_layers=_positive_int(key("block_count"), path, f"{arch}.block_count"),
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        head_dim=head_dim,
+        d_ffn=_positive_int(key("feed_forward_length"), path, f"{arch}.feed_forward_length"),
+        vocab_size=vocab_size,
+        rope_base=float(key("rope.freq_base", 10000.0)),
+        rms_norm_eps=float(key("attention.layer_norm_rms_epsilon")),
+        tie_embeddings="output.weight" not in tensors,
+        max_context=_positive_int(key("context_length"), path, f"{arch}.context_length"),
+        sliding_window=None if window is None else int(window),
+    )
+
+
+def read_weights(config: ModelConfig, tensors: dict, path: pathlib.Path, *, dtype=np.float32) -> dict[str, np.ndarray]:
+    """Every GGUF tensor dequantized and renamed to the canonical layout; unknown tensors raise."""
+    weights: dict[str, np.ndarray] = {}
+    for name, tensor in tensors.items():
+        array = dequantized(tensor, path).astype(dtype, copy=False)
+        if name in _GLOBAL_TENSORS:
+            weights[_GLOBAL_TENSORS[name]] = array
+            continue
+        match = _LAYER_NAME.match(name)
+        if match is None or int(match[1]) >= config.n_layers:
+            raise InputError(f"{path}: tensor {name} is not part of a {config.n_layers}-layer {config.architecture} model")
+        prefix, suffix = f"model.layers.{match[1]}.", match[2]
+        if config.architecture == "phi3" and suffix in ("attn_qkv.weight", "ffn_up.weight"):
+            pieces = {prefix + k: v for k, v in split_phi3_fused(config, suffix, array, path, name).items()}
+        elif suffix in _LAYER_TENSORS and not (config.architecture == "phi3" and suffix == "ffn_gate.weight"):
+            pieces = {prefix + _LAYER_TENSORS[suffix]: array}
+        else:
+            raise InputError(f"{path}: tensor {name} is not part of a {config.architecture} model")
+        for key in pieces.keys() & weights.keys():
+            raise InputError(f"{path}: tensor {name} gives {key} a second time (fused and separate tensors both present?)")
+        weights |= pieces
+    if config.architecture == "llama":
+        for i in range(config.n_layers):
+            for proj, heads in (("q_proj", config.n_heads), ("k_proj", config.n_kv_heads)):
+                key = f"model.layers.{i}.self_attn.{proj}.weight"
+                if key in weights and weights[key].shape[0] == heads * config.head_dim:
+                    weights[key] = unpermute_rope_rows(weights[key], heads)
+    return weights
+
+
+def dequantized(tensor, path: pathlib.Path) -> np.ndarray:
+    """One tensor as float32 in numpy order ([out, in]); unsupported types and short data raise."""
+    qtype = tensor.tensor_type
+    if qtype not in SUPPORTED_TENSOR_TYPES:
+        supported = ", ".join(sorted(t.name for t in SUPPORTED_TENSOR_TYPES))
+        raise InputError(f"{path}: tensor {tensor.name} has type {qtype.name}, expected one of {supported}")
+    block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    n_elements = int(np.prod(tensor.shape, dtype=np.int64))
+    expected_bytes = n_elements // block_size * type_size
+    if n_elements % block_size or tensor.data.nbytes != expected_bytes:
+        raise InputError(
+            f"{path}: tensor {tensor.name} ({qtype.name}, shape {tuple(int(d) for d in tensor.shape)}) "
+            f"holds {tensor.data.nbytes} bytes, expected {expected_bytes} (truncated or corrupt file)"
+        )
+    try:
+        array = gguf.quants.dequantize(np.asarray(tensor.data), qtype)
+    except Exception as error:
+        raise InputError(f"{path}: tensor {tensor.name} ({qtype.name}) failed to dequantize ({_one_line(error)})") from error
+    return array.reshape(tuple(int(d) for d in reversed(tensor.shape))).astype(np.float32, copy=False)
+
+
+def unpermute_rope_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo convert_hf_to_gguf's `LlamaModel.permute` (interleaved → HF rotate-half Q/K rows).
+
+    llama.cpp stores each head's rows as (pair, 2) interleaved; HF keeps (2, pair) halves.
+    """
+    rows = weight.shape[0]
+    return weight.reshape(n_heads, rows // n_heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def split_phi3_fused(config: ModelConfig, suffix: str, array: np.ndarray, path: pathlib.Path, name: str) -> dict[str, np.ndarray]:
+    """Split phi3's fused attn_qkv ([q; k; v] rows) or ffn_up ([gate; up] rows) after checking its shape."""
+    d, q, kv, f = config.d_model, config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim, config.d_ffn
+    expected = (q + 2 * kv, d) if suffix == "attn_qkv.weight" else (2 * f, d)
+    if tuple(array.shape) != expected:
+        raise InputError(f"{path}: tensor {name} has shape {tuple(array.shape)}, config expects {expected}")
+    if suffix == "attn_qkv.weight":
+        return {
+            "self_attn.q_proj.weight": array[:q],
+            "self_attn.k_proj.weight": array[q : q + kv],
+            "self_attn.v_proj.weight": array[q + kv :],
+        }
+    return {"mlp.gate_proj.weight": array[:f], "mlp.up_proj.weight": array[f:]}
+
+
+def read_tokenizer(reader: gguf.GGUFReader, path: pathlib.Path) -> ChatTokenizer:
+    """The tokenizer the `tokenizer.ggml.*` keys describe: byte-level BPE ("gpt2") or SentencePiece BPE ("llama")."""
+    kind = metadata(reader, path, "tokenizer.ggml.model")
+    tokens = list(metadata(reader, path, "tokenizer.ggml.tokens"))
+    types = list(metadata(reader, path, "tokenizer.ggml.token_type", [1] * len(tokens)))
+    if len(types) != len(tokens):
+        raise InputError(f"{path}: tokenizer.ggml.token_type has {len(types)} entries, expected {len(tokens)} (one per token)")
+    if kind == "gpt2":
+        tokenizer = byte_level_bpe(reader, path, tokens)
+        add_bos_default = False
+    elif kind == "llama":
+        tokenizer = sentencepiece_bpe(reader, path, tokens, types)
+        add_bos_default = True
+    else:
+        raise InputError(f"{path}: tokenizer.ggml.model is {kind!r}, expected 'gpt2' or 'llama'")
+    tokenizer.add_special_tokens(
+        [tokenizers.AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == _CONTROL]
+    )
+    tokenizer.add_tokens(
+        [tokenizers.AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == _USER_DEFINED]
+    )
+    if tokenizer.get_vocab_size(with_added_tokens=True) != len(tokens):
+        raise InputError(
+            f"{path}: tokenizer.ggml.tokens lists {len(tokens)} tokens but the built tokenizer has "
+            f"{tokenizer.get_vocab_size(with_added_tokens=True)} (duplicate token strings?)"
+        )
+    return ChatTokenizer(
+        tokenizer=tokenizer,
+        chat_template=metadata(reader, path, "tokenizer.chat_template", None),
+        bos_token=_token_at(reader, path, tokens, "tokenizer.ggml.bos_token_id"),
+        eos_token=_token_at(reader, path, tokens, "tokenizer.ggml.eos_token_id"),
+        add_bos=bool(metadata(reader, path, "tokenizer.ggml.add_bos_token", add_bos_default)),
+        source=str(path),
+    )
+
+
+def byte_level_bpe(reader: gguf.GGUFReader, path: pathlib.Path, tokens: list[str]) -> tokenizers.Tokenizer:
+    """GPT-2-style byte-level BPE from the file's vocabulary and merges, split as `tokenizer.ggml.pre` says."""
+    pre = metadata(reader, path, "tokenizer.ggml.pre", "default")
+    if pre not in _BYTE_LEVEL_PRE:
+        raise InputError(f"{path}: tokenizer.ggml.pre is {pre!r}, expected one of {sorted(_BYTE_LEVEL_PRE)}")
+    merges = [_merge_pair(m, path) for m in metadata(reader, path, "tokenizer.ggml.merges")]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    tokenizer = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    tokenizer.pre_tokenizer = _BYTE_LEVEL_PRE[pre]()
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def sentencepiece_bpe(reader: gguf.GGUFReader, path: pathlib.Path, tokens: list[str], types: list[int]) -> tokenizers.Tokenizer:
+    """SentencePiece-style BPE with byte fallback; merges come from the file or from the token scores.
+
+    Spaces become "▁" and one is prepended (unless tokenizer.ggml.add_space_prefix is false), as
+    Llama and Phi-3 tokenizers do; unknown characters fall back to the <0xNN> byte tokens.
+    """
+    vocab = {token: i for i, token in enumerate(tokens)}
+    if "tokenizer.ggml.merges" in reader.fields:
+        merges = [_merge_pair(m, path) for m in metadata(reader, path, "tokenizer.ggml.merges")]
+    else:
+        scores = [float(s) for s in metadata(reader, path, "tokenizer.ggml.scores")]
+        if len(scores) != len(tokens):
+            raise InputError(f"{path}: tokenizer.ggml.scores has {len(scores)} entries, expected {len(tokens)}")
+        merges = merges_from_scores(tokens, scores)
+    unk_id = metadata(reader, path, "tokenizer.ggml.unknown_token_id", None)
+    unk = tokens[unk_id] if unk_id is not None and 0 <= unk_id < len(tokens) else None
+    tokenizer = tokenizers.Tokenizer(
+        models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True)
+    )
+    steps = [normalizers.Replace(" ", "\u2581")]
+    if metadata(reader, path, "tokenizer.ggml.add_space_prefix", True):
+        steps.insert(0, normalizers.Prepend("\u2581"))
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    return tokenizer
+
+
+def merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
+    """BPE merges implied by a scored vocabulary: every split of a token into two tokens, best score first.
+
+    Ties go to the longer left, then longer right piece, then vocabulary order (transformers' order).
+    """
+    vocab = {token: i for i, token in enumerate(tokens)}
+    candidates = []
+    for index, (token, score) in enumerate(zip(tokens, scores)):
+        for cut in range(1, len(token)):
+            left, right = token[:cut], token[cut:]
+            if left in vocab and right in vocab:
+                candidates.append((-score, -len(left), -len(right), index, vocab[left], vocab[right], left, right))
+    candidates.sort()
+    return [(left, right) for *_, left, right in candidates]
+
+
+def metadata(reader: gguf.GGUFReader, path: pathlib.Path, key: str, default=_MISSING):
+    """The value of metadata `key` (str, number, bool or list); a missing key without default raises."""
+    field = reader.fields.get(key)
+    if field is None:
+        if default is _MISSING:
+            raise InputError(f"{path}: metadata key {key} is missing")
+        return default
+    try:
+        return field.contents()
+    except Exception as error:
+        raise InputError(f"{path}: metadata key {key} is unreadable ({_one_line(error)})") from error
+
+
+def _token_at(reader, path: pathlib.Path, tokens: list[str], key: str) -> str | None:
+    token_id = metadata(reader, path, key, None)
+    if token_id is None:
+        return None
+    if not 0 <= int(token_id) < len(tokens):
+        raise InputError(f"{path}: {key}={token_id} is outside the {len(tokens)}-token vocabulary")
+    return tokens[int(token_id)]
+
+
+def _merge_pair(merge: str, path: pathlib.Path) -> tuple[str, str]:
+    parts = merge.split(" ")
+    if len(parts) != 2:
+        raise InputError(f"{path}: tokenizer.ggml.merges entry {merge!r} is not two tokens separated by one space")
+    return parts[0], parts[1]
+
+
+def _positive_int(value, path: pathlib.Path, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise InputError(f"{path}: metadata key {key} is {value!r}, expected a positive integer")
+    return int(value)
+
+
+def _one_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"

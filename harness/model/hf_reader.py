@@ -1,0 +1,382 @@
+"""Read a Hugging Face checkpoint directory (config.json, safetensors, tokenizer.json) into a Checkpoint.
+
+Llama and Phi-3 directories become the canonical layout of harness.model.config (Phi-3's fused
+qkv_proj / gate_up_proj are split); anything the builder cannot run faithfully is rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import warnings
+from typing import Any
+
+import ml_dtypes  # noqa: F401 — registers 'bfloat16' with numpy, so safetensors can return bf16 tensors
+import numpy as np
+import safetensors
+import tokenizers
+
+from harness.errors import InputError
+from harness.model.config import Checkpoint, ModelConfig, check_weights
+from harness.model.tokenizer import ChatTokenizer
+
+CONFIG_FILE = "config.json"
+SINGLE_WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
+# Hugging Face's own class defaults (LlamaConfig / Phi3Config) for fields a config.json may omit.
+_ROPE_THETA_DEFAULT = 10000.0
+_REQUIRED_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "vocab_size",
+    "rms_norm_eps",
+    "max_position_embeddings",
+)
+
+
+def read_hf_dir(path: str | os.PathLike, *, dtype=np.float32) -> Checkpoint:
+    """Config, canonical weights (cast to `dtype`) and tokenizer of a Llama or Phi-3 HF directory.
+
+    Every tensor the files hold ends up in the canonical layout or raises; nothing is skipped.
+    """
+    directory = pathlib.Path(path)
+    if not directory.is_dir():
+        raise InputError(f"{directory}: not a directory; expected a Hugging Face checkpoint directory")
+    dtype = _float_dtype(dtype)
+    config = model_config_from_hf(_read_json(directory / CONFIG_FILE), source=str(directory / CONFIG_FILE))
+    stored, weights_source = read_safetensors_dir(directory)
+    weights = canonical_weights(stored, config, source=weights_source, dtype=dtype)
+    check_weights(config, weights, weights_source)
+    tokenizer = read_hf_tokenizer(directory, vocab_size=config.vocab_size)
+    return Checkpoint(config=config, weights=weights, tokenizer=tokenizer, source=str(directory))
+
+
+def resolve_hf_cache(model_id: str) -> pathlib.Path:
+    """The local snapshot directory of `model_id` in the Hugging Face cache; never downloads.
+
+    The cache directory is read from HF_HUB_CACHE / HF_HOME / XDG_CACHE_HOME at call time.
+    """
+    import huggingface_hub
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    cache_dir = hf_cache_dir()
+    try:
+        snapshot = huggingface_hub.snapshot_download(model_id, cache_dir=cache_dir, local_files_only=True)
+    except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError) as error:
+        raise InputError(
+            f"model id {model_id!r} is not in the local Hugging Face cache ({cache_dir}); "
+            f"pass a directory or .gguf path ({type(error).__name__})"
+        ) from error
+    return pathlib.Path(snapshot)
+
+
+def hf_cache_dir() -> pathlib.Path:
+    """The hub cache directory as huggingface_hub computes it, but from the environment *now*."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return pathlib.Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return pathlib.Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return pathlib.Path(xdg).expanduser() / "huggingface" / "hub"
+
+
+def model_config_from_hf(raw: dict[str, Any], *, source: str) -> ModelConfig:
+    """ModelConfig from a parsed config.json; InputError for anything the builder does not run."""
+    model_type = raw.get("model_type")
+    if model_type not in ("llama", "phi3"):
+        raise InputError(f"{source}: model_type {model_type!r} is not supported; expected 'llama' or 'phi3'")
+    for field in _REQUIRED_FIELDS:
+        if raw.get(field) is None:
+            raise InputError(f"{source}: required field {field!r} is missing")
+    if raw.get("hidden_act", "silu") != "silu":
+        raise InputError(f"{source}: hidden_act {raw['hidden_act']!r} is not supported; expected 'silu'")
+    for field in ("attention_bias", "mlp_bias"):
+        if raw.get(field):
+            raise InputError(f"{source}: {field} is true; biases are not supported (expected false)")
+    n_heads = _int_field(raw, "num_attention_heads", source)
+    d_model = _int_field(raw, "hidden_size", source)
+    if raw.get("head_dim") is None and d_model % n_heads:
+        raise InputError(f"{source}: hidden_size {d_model} is not a multiple of num_attention_heads {n_heads}")
+    if model_type == "llama" and raw.get("sliding_window") is not None:
+        raise InputError(f"{source}: sliding_window {raw['sliding_window']!r} is not supported for llama")
+    n_kv = raw.get("num_key_value_heads")
+    head_dim = raw.get("head_dim")
+    sliding_window = raw.get("sliding_window")
+    fields = dict(
+        architecture=model_type,
+        d_model=d_model,
+        n_layers=_int_field(raw, "num_hidden_layers", source),
+        n_heads=n_heads,
+        n_kv_heads=n_heads if n_kv is None else _int_field(raw, "num_key_value_heads", source),
+        head_dim=d_model // n_heads if head_dim is None else _int_field(raw, "head_dim", source),
+        d_ffn=_int_field(raw, "intermediate_size", source),
+        vocab_size=_int_field(raw, "vocab_size", source),
+        rope_base=_rope_theta(raw, source),
+        rms_norm_eps=_float_field(raw, "rms_norm_eps", source),
+        tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        max_context=_int_field(raw, "max_position_embeddings", source),
+        sliding_window=None if sliding_window is None else _int_field(raw, "sliding_window", source),
+    )
+    try:
+        return ModelConfig(**fields)
+    except InputError as error:  # ModelConfig's own checks, with the file named
+        raise InputError(f"{source}: {error}") from error
+
+
+def _float_field(raw: dict[str, Any], field: str, source: str) -> float:
+    value = raw[field]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InputError(f"{source}: field {field!r} is {value!r}; expected a positive number")
+    return float(value)
+
+
+def _int_field(raw: dict[str, Any], field: str, source: str) -> int:
+    value = raw[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InputError(f"{source}: field {field!r} is {value!r}; expected a positive integer")
+    return value
+
+
+def _rope_theta(raw: dict[str, Any], source: str) -> float:
+    """RoPE base from either config style (transformers 5 rope_parameters, or rope_theta/rope_scaling)."""
+    if raw.get("rope_scaling") is not None:
+        scaling = raw["rope_scaling"]
+        kind = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else scaling
+        if kind != "default":
+            raise InputError(f"{source}: rope_scaling {kind!r} is not supported; expected null (plain RoPE)")
+    params = raw.get("rope_parameters") or {}
+    if not isinstance(params, dict):
+        raise InputError(f"{source}: rope_parameters is {type(params).__name__}; expected an object")
+    kind = params.get("rope_type", "default")
+    if kind != "default":
+        raise InputError(f"{source}: rope_parameters.rope_type {kind!r} is not supported; expected 'default'")
+    for where, factor in (("partial_rotary_factor", raw.get("partial_rotary_factor")),
+                          ("rope_parameters.partial_rotary_factor", params.get("partial_rotary_factor"))):
+        if factor is not None and float(factor) != 1.0:
+            raise InputError(f"{source}: {where} {factor!r} is not supported; expected 1.0")
+    if params.get("rope_theta") is not None:
+        return _float_field(params, "rope_theta", f"{source}: rope_parameters")
+    if raw.get("rope_theta") is not None:
+        return _float_field(raw, "rope_theta", source)
+    return _ROPE_THETA_DEFAULT
+
+
+def read_safetensors_dir(directory: pathlib.Path) -> tuple[dict[str, np.ndarray], str]:
+    """All tensors of a directory's model.safetensors, or of every shard its index lists, and that source."""
+    index_path = directory / INDEX_FILE
+    if index_path.exists():
+        return _read_sharded(index_path), str(index_path)
+    single = directory / SINGLE_WEIGHTS_FILE
+    if single.exists():
+        return _read_safetensors_file(single), str(single)
+    found = sorted(p.name for p in directory.glob("*.safetensors"))
+    raise InputError(
+        f"{directory}: no {SINGLE_WEIGHTS_FILE} or {INDEX_FILE}"
+        + (f" (found {len(found)} other .safetensors files, e.g. {found[0]}, but no index)" if found else "")
+    )
+
+
+def _read_sharded(index_path: pathlib.Path) -> dict[str, np.ndarray]:
+    """Tensors of every shard an index lists; each shard must hold exactly the tensors mapped to it."""
+    index = _read_json(index_path)
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise InputError(f"{index_path}: field 'weight_map' is missing or empty; expected tensor → shard file")
+    by_shard: dict[str, set[str]] = {}
+    for name, shard in weight_map.items():
+        by_shard.setdefault(shard, set()).add(name)
+    for shard in sorted(by_shard):
+        if not (index_path.parent / shard).is_file():
+            raise InputError(f"{index_path}: shard {shard!r} (holding {len(by_shard[shard])} tensors) does not exist")
+    tensors: dict[str, np.ndarray] = {}
+    for shard in sorted(by_shard):
+        shard_path = index_path.parent / shard
+        shard_tensors = _read_safetensors_file(shard_path)
+        missing = sorted(by_shard[shard] - set(shard_tensors))
+        if missing:
+            raise InputError(f"{shard_path}: tensor {missing[0]} listed in {INDEX_FILE} is missing ({len(missing)} in all)")
+        unlisted = sorted(set(shard_tensors) - by_shard[shard])
+        if unlisted:
+            raise InputError(f"{shard_path}: tensor {unlisted[0]} is not listed for this shard in {INDEX_FILE}")
+        tensors |= shard_tensors
+    return tensors
+
+
+def _read_safetensors_file(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """Every tensor of one safetensors file as numpy (bf16 as ml_dtypes.bfloat16); errors name the file."""
+    try:
+        with safetensors.safe_open(str(path), framework="numpy") as handle:
+            return {name: handle.get_tensor(name) for name in handle.keys()}
+    except (safetensors.SafetensorError, OSError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise InputError(f"{path}: not a readable safetensors file ({reason})") from error
+
+
+def canonical_weights(
+    stored: dict[str, np.ndarray], config: ModelConfig, *, source: str, dtype=np.float32
+) -> dict[str, np.ndarray]:
+    """Stored HF tensors → canonical names and `dtype`: Phi-3 fused tensors split, tied lm_head dropped."""
+    dtype = _float_dtype(dtype)
+    weights = {name: np.asarray(array).astype(dtype, copy=False) for name, array in stored.items()}
+    if config.architecture == "phi3":
+        weights = _split_phi3(weights, config, source)
+    if config.tie_embeddings and "lm_head.weight" in weights:
+        embed = weights.get("model.embed_tokens.weight")
+        if embed is None or not np.array_equal(weights["lm_head.weight"], embed):
+            raise InputError(
+                f"{source}: tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight"
+            )
+        del weights["lm_head.weight"]
+    return weights
+
+
+def _split_phi3(weights: dict[str, np.ndarray], config: ModelConfig, source: str) -> dict[str, np.ndarray]:
+    """Split qkv_proj rows into [q; k; v] and gate_up_proj rows into [gate; up] for every layer."""
+    q_rows, kv_rows, f = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim, config.d_ffn
+    out = dict(weights)
+    for name in sorted(weights):
+        prefix, _, leaf = name.rpartition(".self_attn.qkv_proj.")
+        if leaf == "weight":
+            fused = out.pop(name)
+            _check_rows(fused, q_rows + 2 * kv_rows, name, source)
+            q, k, v = np.split(fused, [q_rows, q_rows + kv_rows], axis=0)
+            out |= {f"{prefix}.self_attn.{p}_proj.weight": w for p, w in zip("qkv", (q, k, v))}
+        prefix, _, leaf = name.rpartition(".mlp.gate_up_proj.")
+        if leaf == "weight":
+            fused = out.pop(name)
+            _check_rows(fused, 2 * f, name, source)
+            gate, up = np.split(fused, [f], axis=0)
+            out |= {f"{prefix}.mlp.gate_proj.weight": gate, f"{prefix}.mlp.up_proj.weight": up}
+    return out
+
+
+def _check_rows(fused: np.ndarray, rows: int, name: str, source: str) -> None:
+    if fused.ndim != 2 or fused.shape[0] != rows:
+        raise InputError(f"{source}: weight {name} has shape {tuple(fused.shape)}, config expects ({rows}, d_model)")
+
+
+def read_hf_tokenizer(directory: pathlib.Path, *, vocab_size: int | None = None) -> ChatTokenizer:
+    """tokenizer.json wrapped with the chat template and BOS/EOS of tokenizer_config.json (+ chat_template.jinja).
+
+    add_bos: tokenizer_config's add_bos_token if present, else whether tokenizer.json's post-processor adds BOS.
+    """
+    tokenizer_path = directory / TOKENIZER_FILE
+    if not tokenizer_path.is_file():
+        raise InputError(f"{tokenizer_path}: file is missing; expected the tokenizers-library tokenizer.json")
+    try:
+        tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_path))
+    except Exception as error:  # tokenizers raises a bare Exception for unparsable files
+        raise InputError(f"{tokenizer_path}: not a readable tokenizer.json ({' '.join(str(error).split())})") from error
+    config_path = directory / TOKENIZER_CONFIG_FILE
+    config = _read_json(config_path) if config_path.is_file() else {}
+    added_bos, appended = _post_processor_additions(tokenizer, tokenizer_path)
+    if appended:
+        raise InputError(
+            f"{tokenizer_path}: post_processor appends {appended!r} after the text; only a leading BOS is supported"
+        )
+    if config.get("add_eos_token"):
+        raise InputError(f"{config_path}: add_eos_token is true; only a leading BOS is supported (expected false)")
+    bos_token = _token_content(config.get("bos_token"), config_path, "bos_token") or added_bos
+    eos_token = _token_content(config.get("eos_token"), config_path, "eos_token")
+    if added_bos is not None and bos_token != added_bos:
+        raise InputError(f"{tokenizer_path}: post_processor prepends {added_bos!r} but bos_token is {bos_token!r}")
+    add_bos = _add_bos(config.get("add_bos_token"), added_bos is not None, config_path)
+    for field, token in (("bos_token", bos_token), ("eos_token", eos_token)):
+        if token is not None and tokenizer.token_to_id(token) is None:
+            raise InputError(f"{config_path}: {field} {token!r} is not in the vocabulary of {TOKENIZER_FILE}")
+    if add_bos and bos_token is None:
+        raise InputError(f"{config_path}: add_bos_token is true but no bos_token is given")
+    largest = max(tokenizer.get_vocab(with_added_tokens=True).values())
+    if vocab_size is not None and largest >= vocab_size:
+        raise InputError(f"{tokenizer_path}: token id {largest} is outside the model's vocab_size {vocab_size} ({CONFIG_FILE})")
+    return ChatTokenizer(
+        tokenizer=tokenizer,
+        chat_template=_chat_template(directory, config, config_path),
+        bos_token=bos_token,
+        eos_token=eos_token,
+        add_bos=add_bos,
+        source=str(tokenizer_path),
+    )
+
+
+def _post_processor_additions(tokenizer: tokenizers.Tokenizer, path: pathlib.Path) -> tuple[str | None, list[str]]:
+    """(token the post-processor prepends or None, tokens it appends), found by encoding a probe both ways."""
+    probe = "a"
+    plain = tokenizer.encode(probe, add_special_tokens=False).tokens
+    full = tokenizer.encode(probe, add_special_tokens=True).tokens
+    start = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), None)
+    if start is None:
+        raise InputError(f"{path}: post_processor changes the text's own tokens; expected it to only add specials")
+    prefix, suffix = full[:start], full[start + len(plain):]
+    if len(prefix) > 1:
+        raise InputError(f"{path}: post_processor prepends {len(prefix)} tokens {prefix!r}; expected at most a BOS")
+    return (prefix[0] if prefix else None), suffix
+
+
+def _add_bos(configured: Any, post_processor_adds: bool, config_path: pathlib.Path) -> bool:
+    """The explicit add_bos_token wins (the authors' stated intent); say so when tokenizer.json disagrees."""
+    if configured is None:
+        return post_processor_adds
+    if not isinstance(configured, bool):
+        raise InputError(f"{config_path}: add_bos_token is {configured!r}; expected true or false")
+    if configured != post_processor_adds:
+        warnings.warn(
+            f"{config_path}: add_bos_token={configured} overrides tokenizer.json's post_processor "
+            f"(which {'adds' if post_processor_adds else 'does not add'} BOS); transformers 5 follows the post_processor",
+            stacklevel=3,
+        )
+    return configured
+
+
+def _token_content(value: Any, path: pathlib.Path, field: str) -> str | None:
+    """A special token given as a string or as a serialized AddedToken ({"content": ...})."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    raise InputError(f"{path}: {field} is {value!r}; expected a string or an object with 'content'")
+
+
+def _chat_template(directory: pathlib.Path, config: dict[str, Any], config_path: pathlib.Path) -> str | None:
+    """chat_template.jinja if present (it takes priority, as in transformers), else tokenizer_config's."""
+    jinja_path = directory / CHAT_TEMPLATE_FILE
+    if jinja_path.is_file():
+        return jinja_path.read_text(encoding="utf-8")
+    template = config.get("chat_template")
+    if template is None or isinstance(template, str):
+        return template
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        if isinstance(named.get("default"), str):
+            return named["default"]
+        raise InputError(f"{config_path}: chat_template lists {sorted(map(str, named))} but no 'default'")
+    raise InputError(f"{config_path}: chat_template is {type(template).__name__}; expected a string")
+
+
+def _read_json(path: pathlib.Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise InputError(f"{path}: file is missing")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not valid JSON ({' '.join(str(error).split())})") from error
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: top level is {type(value).__name__}; expected a JSON object")
+    return value
+
+
+def _float_dtype(dtype) -> np.dtype:
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError as error:
+        raise InputError(f"dtype {dtype!r} is not a numpy dtype; expected a float dtype") from error
+    if resolved.kind != "f" and resolved.name != "bfloat16":
+        raise InputError(f"dtype {resolved.name!r} is not a float dtype; expected e.g. float32")
+    return resolved

@@ -1,0 +1,248 @@
+"""The sparse autoencoder itself: parameters, metadata and pure encode/decode functions in JAX.
+
+One parameter record covers the four architectures the common formats use (ReLU, JumpReLU, gated,
+TopK), so loaders translate files into it and every reading goes through the same functions.
+
+Axis order (documented once, used everywhere in ``harness.sae``):
+    x  [..., d_model]   residual-stream activations; any leading (batch/token/position) axes
+    f  [..., d_sae]     feature activations, same leading axes as x
+    W_enc [d_model, d_sae], b_enc [d_sae], W_dec [d_sae, d_model], b_dec [d_model]
+
+The forward pass, with n = norm_factor and m = out_norm_factor (both 1 unless the SAE was trained
+on rescaled activations, as saex and our own trainer do):
+    x'  = x·n − b_dec·[apply_b_dec_to_input]
+    pre = x'·W_enc + b_enc                                   (``pre_activations``)
+    f   = relu:     relu(pre)·mag_scale                      (mag_scale = 1 when absent)
+          jumprelu: pre·[pre > threshold]  (with pre > 0)
+          gated:    [pre > 0] · relu(x'·W_enc·mag_scale + b_mag)
+          topk:     relu of the k largest entries of pre, 0 elsewhere
+    x̂   = (f·W_dec + b_dec) / m                              (``decode``)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Literal, get_args
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from harness.errors import InputError
+
+Architecture = Literal["relu", "jumprelu", "gated", "topk"]
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SAEParams:
+    """Weights of one SAE (float32 arrays, axis order in the module docstring) and its static settings.
+
+    ``mag_scale`` is the gated magnitude path's per-feature scale (SAELens e^{r_mag}; saex
+    softplus(s_gate)·scaling_factor) or, for saex ReLU SAEs, the post-ReLU ``scaling_factor``.
+    For gated SAEs ``b_enc`` is the gate bias (SAELens ``b_gate``; saex ``b_enc``).
+    """
+
+    W_enc: jax.Array
+    b_enc: jax.Array
+    W_dec: jax.Array
+    b_dec: jax.Array
+    threshold: jax.Array | None = None
+    mag_scale: jax.Array | None = None
+    b_mag: jax.Array | None = None
+    architecture: Architecture = "relu"
+    k: int | None = None
+    norm_factor: float = 1.0
+    out_norm_factor: float = 1.0
+    apply_b_dec_to_input: bool = False
+
+    @property
+    def d_model(self) -> int:
+        return int(self.W_enc.shape[0])
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.W_enc.shape[1])
+
+
+jax.tree_util.register_dataclass(
+    SAEParams,
+    data_fields=["W_enc", "b_enc", "W_dec", "b_dec", "threshold", "mag_scale", "b_mag"],
+    meta_fields=["architecture", "k", "norm_factor", "out_norm_factor", "apply_b_dec_to_input"],
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SAEMeta:
+    """Where an SAE belongs: which model, which layer and hook point it reads, and where it came from.
+
+    ``None`` means the file does not say; ``check_compatible`` refuses to guess it.
+    """
+
+    d_model: int
+    d_sae: int
+    source: str
+    model_name: str | None = None
+    layer: int | None = None
+    hook: str | None = None
+    format: str = "unknown"
+    ignored: tuple[str, ...] = ()  # tensors in the file that the reader did not use, reported not dropped
+
+
+def check_params(params: SAEParams, *, source: str) -> SAEParams:
+    """Check shapes, architecture-specific fields and finiteness; raise InputError naming ``source``.
+
+    Loaders call this once so that a broken file fails at load, not as NaN readings later.
+    """
+    if params.architecture not in ARCHITECTURES:
+        raise InputError(f"{source}: architecture {params.architecture!r}, expected one of {ARCHITECTURES}")
+    d_model, d_sae = params.W_enc.shape if params.W_enc.ndim == 2 else (None, None)
+    if d_model is None:
+        raise InputError(f"{source}: tensor W_enc has shape {tuple(params.W_enc.shape)}, expected [d_model, d_sae]")
+    expected = {"W_enc": (d_model, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_model), "b_dec": (d_model,)}
+    required = {
+        "relu": (),
+        "jumprelu": ("threshold",),
+        "gated": ("mag_scale", "b_mag"),
+        "topk": (),
+    }[params.architecture]
+    for name in ("threshold", "mag_scale", "b_mag"):
+        expected[name] = (d_sae,)
+        if name in required and getattr(params, name) is None:
+            raise InputError(f"{source}: tensor {name} missing, required by a {params.architecture} SAE")
+    for name, shape in expected.items():
+        value = getattr(params, name)
+        if value is None:
+            continue
+        if tuple(value.shape) != shape:
+            raise InputError(f"{source}: tensor {name} has shape {tuple(value.shape)}, expected {shape}")
+        if not bool(jnp.all(jnp.isfinite(value))):
+            bad = int(jnp.sum(~jnp.isfinite(value)))
+            raise InputError(f"{source}: tensor {name} has {bad} NaN/inf values, expected all finite")
+    if params.architecture == "topk" and (params.k is None or not 0 < params.k <= d_sae):
+        raise InputError(f"{source}: topk SAE has k={params.k}, expected an integer in 1..{d_sae}")
+    for name in ("norm_factor", "out_norm_factor"):
+        value = getattr(params, name)
+        if not (np.isfinite(value) and value > 0):
+            raise InputError(f"{source}: {name}={value}, expected a finite positive number")
+    return params
+
+
+def check_compatible(
+    meta: SAEMeta,
+    *,
+    d_model: int,
+    layer: int,
+    hook: str,
+    model_name: str | None = None,
+) -> None:
+    """Raise InputError unless the SAE reads ``hook`` at ``layer`` of a model of width ``d_model``.
+
+    Unknown layer/hook in the metadata is an error too: pass them when loading instead of guessing.
+    """
+    if meta.d_model != d_model:
+        raise InputError(f"{meta.source}: SAE width d_model={meta.d_model} does not match the model's d_model={d_model}")
+    if meta.layer is None:
+        raise InputError(f"{meta.source}: SAE metadata has no layer; pass layer= when loading (model layer is {layer})")
+    if meta.layer != layer:
+        raise InputError(f"{meta.source}: SAE was trained on layer {meta.layer}, asked to read layer {layer}")
+    if meta.hook is None:
+        raise InputError(f"{meta.source}: SAE metadata has no hook point; pass hook= when loading (asked for {hook!r})")
+    if meta.hook != hook:
+        raise InputError(f"{meta.source}: SAE reads hook {meta.hook!r}, asked to read {hook!r}")
+    if model_name is not None and meta.model_name is not None and meta.model_name != model_name:
+        raise InputError(f"{meta.source}: SAE was trained on model {meta.model_name!r}, asked to use it on {model_name!r}")
+
+
+def check_features(params: SAEParams, features: int | Sequence[int] | np.ndarray) -> np.ndarray:
+    """Return ``features`` as an int array after checking every index lies in [0, d_sae)."""
+    idx = np.asarray(features)
+    if idx.dtype.kind not in "iu":
+        raise InputError(f"feature indices: expected integers, got dtype {idx.dtype}")
+    bad = idx[(idx < 0) | (idx >= params.d_sae)]
+    if bad.size:
+        raise InputError(f"feature index {int(bad.flat[0])} out of range for an SAE of {params.d_sae} features")
+    return idx
+
+
+def _check_input(x, *, width: int, width_name: str, name: str) -> jax.Array:
+    """Check the last axis and (when the array is concrete) finiteness of an input array."""
+    x = jnp.asarray(x)
+    if x.ndim < 1 or x.shape[-1] != width:
+        raise InputError(f"{name}: shape {tuple(x.shape)}, expected last axis {width_name}={width}")
+    if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):
+        bad = int(jnp.sum(~jnp.isfinite(x)))
+        raise InputError(f"{name}: {bad} NaN/inf values in the input activations, expected all finite")
+    return x
+
+
+def _sae_input(params: SAEParams, x: jax.Array) -> jax.Array:
+    """x' = x·norm_factor − b_dec (if the SAE subtracts it), in float32."""
+    x = x.astype(jnp.float32) * params.norm_factor
+    if params.apply_b_dec_to_input:
+        x = x - params.b_dec
+    return x
+
+
+def pre_activations(params: SAEParams, x, *, name: str = "x") -> jax.Array:
+    """Encoder pre-activation x'·W_enc + b_enc [..., d_sae] (the gate pre-activation for gated SAEs)."""
+    x = _check_input(x, width=params.d_model, width_name="d_model", name=name)
+    return _sae_input(params, x) @ params.W_enc + params.b_enc
+
+
+def scatter_last_axis(shape: tuple[int, ...], idx: jax.Array, values: jax.Array) -> jax.Array:
+    """Zeros of ``shape`` with ``values`` [..., k] written at indices ``idx`` [..., k] of the last axis."""
+    rows = int(np.prod(shape[:-1], dtype=np.int64))
+    flat_idx = idx.reshape(rows, -1)
+    out = jnp.zeros((rows, shape[-1]), values.dtype)
+    out = out.at[jnp.arange(rows)[:, None], flat_idx].set(values.reshape(rows, -1))
+    return out.reshape(shape)
+
+
+def _topk(pre: jax.Array, k: int) -> jax.Array:
+    """relu of the k largest entries along the last axis, zero elsewhere (ties: lowest index first)."""
+    values, idx = jax.lax.top_k(pre, k)
+    return scatter_last_axis(pre.shape, idx, jax.nn.relu(values))
+
+
+def encode(params: SAEParams, x, *, name: str = "x") -> jax.Array:
+    """Feature activations f [..., d_sae] with the SAE's own nonlinearity (see module docstring)."""
+    pre = pre_activations(params, x, name=name)
+    arch = params.architecture
+    if arch == "relu":
+        f = jax.nn.relu(pre)
+        return f if params.mag_scale is None else f * params.mag_scale
+    if arch == "jumprelu":
+        return jnp.where((pre > params.threshold) & (pre > 0), pre, 0.0)
+    if arch == "gated":
+        xin = _sae_input(params, jnp.asarray(x))
+        magnitude = jax.nn.relu((xin @ params.W_enc) * params.mag_scale + params.b_mag)
+        return jnp.where(pre > 0, magnitude, 0.0)
+    if arch == "topk":
+        return _topk(pre, params.k)
+    raise InputError(f"architecture {arch!r}: expected one of {ARCHITECTURES}")
+
+
+def decode(params: SAEParams, f, *, name: str = "f") -> jax.Array:
+    """Reconstruction x̂ [..., d_model] = (f·W_dec + b_dec) / out_norm_factor."""
+    f = _check_input(f, width=params.d_sae, width_name="d_sae", name=name)
+    return (f.astype(jnp.float32) @ params.W_dec + params.b_dec) / params.out_norm_factor
+
+
+def reconstruct(params: SAEParams, x, *, name: str = "x") -> jax.Array:
+    """decode(encode(x)): the SAE's reconstruction of x, same shape as x."""
+    return decode(params, encode(params, x, name=name), name=f"features of {name}")
+
+
+def decoder_projection(params: SAEParams, x, features=None, *, name: str = "x") -> jax.Array:
+    """The original work's feature reading: x·W_dec[f] on the raw, un-normalised residual.
+
+    No bias, no nonlinearity, no norm_factor (micrlhf dots the captured residual with decoder rows).
+    Returns [..., d_sae], or [..., len(features)] when ``features`` selects some.
+    """
+    x = _check_input(x, width=params.d_model, width_name="d_model", name=name)
+    W_dec = params.W_dec
+    if features is not None:
+        W_dec = W_dec[jnp.asarray(check_features(params, features))]
+    return x.astype(jnp.float32) @ W_dec.T

@@ -1,0 +1,221 @@
+"""Statistics for accuracies and rankings: Wilson intervals, seeded bootstrap CIs, rank correlations, paired tests.
+
+Every interval is two-sided at `confidence`; every resampling takes an explicit seed so figures are reproducible.
+Axis convention: a 1-D array is indexed by question (item); paired arrays are aligned on the same questions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import numpy as np
+import scipy.stats
+
+from harness.errors import InputError
+
+N_RESAMPLES = 2000
+
+
+def _as_1d(name: str, values) -> np.ndarray:
+    """A finite float 1-D array, or InputError naming the argument."""
+    arr = np.asarray(values, dtype=float)
+    if arr.ndim != 1:
+        raise InputError(f"{name}: expected a 1-D array over questions, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"{name}: expected finite values, got {int(np.sum(~np.isfinite(arr)))} non-finite")
+    return arr
+
+
+def wilson(k: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials (k may be fractional: a sum of per-question credits).
+
+    For n == 0 the interval is (0, 1): no data, no information.
+    """
+    if not 0 < confidence < 1:
+        raise InputError(f"confidence: expected a value in (0, 1), got {confidence}")
+    if n < 0 or not 0 <= k <= n:
+        raise InputError(f"wilson: expected 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    z = scipy.stats.norm.ppf(0.5 + confidence / 2)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Accuracy:
+    """An accuracy with its Wilson interval: value = k / n, k = summed credit (may be fractional), [lo, hi].
+
+    Fractional credit (1/t for a t-way tie holding the answer) goes into Wilson as k = sum of credits. Credit
+    in [0, 1] with mean p has variance <= p(1 - p), the Bernoulli variance, so treating k as a binomial count
+    gives an interval at least as wide as needed (conservative).
+    """
+
+    value: float
+    k: float
+    n: int
+    lo: float
+    hi: float
+
+    @classmethod
+    def from_credit(cls, credit, confidence: float = 0.95) -> "Accuracy":
+        """From a per-question credit vector with entries in [0, 1]."""
+        c = _as_1d("credit", credit)
+        if c.size and (c.min() < 0 or c.max() > 1):
+            raise InputError(f"credit: expected values in [0, 1], got range [{c.min()}, {c.max()}]")
+        k, n = float(c.sum()), int(c.size)
+        lo, hi = wilson(min(k, n), n, confidence)
+        return cls(value=k / n if n else float("nan"), k=k, n=n, lo=lo, hi=hi)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Interval:
+    """A point estimate with a two-sided confidence interval [lo, hi] (and a p-value where one applies)."""
+
+    value: float
+    lo: float
+    hi: float
+    pvalue: float = float("nan")
+
+
+def bootstrap_ci(statistic: Callable[..., float], *samples, seed: int, n_resamples: int = N_RESAMPLES,
+                 confidence: float = 0.95, method: str = "percentile") -> Interval:
+    """Seeded paired bootstrap CI of statistic(*samples) over items (all samples resampled with the same indices)."""
+    arrays = [_as_1d(f"sample {i}", s) for i, s in enumerate(samples)]
+    if len({a.size for a in arrays}) != 1:
+        raise InputError(f"bootstrap_ci: paired samples must have equal length, got {[a.size for a in arrays]}")
+    if arrays[0].size < 2:
+        raise InputError(f"bootstrap_ci: expected at least 2 items, got {arrays[0].size}")
+    result = scipy.stats.bootstrap(tuple(arrays), statistic, paired=True, vectorized=False, n_resamples=n_resamples,
+                                   confidence_level=confidence, method=method, rng=np.random.default_rng(seed))
+    return Interval(value=float(statistic(*arrays)), lo=float(result.confidence_interval.low),
+                    hi=float(result.confidence_interval.high))
+
+
+def _kendall(x, y) -> float:
+    return scipy.stats.kendalltau(x, y).statistic
+
+
+def _spearman(x, y) -> float:
+    return scipy.stats.spearmanr(x, y).statistic
+
+
+def kendall_tau(x, y, *, seed: int, n_resamples: int = N_RESAMPLES, confidence: float = 0.95) -> Interval:
+    """Kendall's τ-b of two rankings of the same items, its p-value, and a seeded bootstrap CI over items."""
+    ci = bootstrap_ci(_kendall, x, y, seed=seed, n_resamples=n_resamples, confidence=confidence)
+    res = scipy.stats.kendalltau(np.asarray(x, float), np.asarray(y, float))
+    return Interval(value=float(res.statistic), lo=ci.lo, hi=ci.hi, pvalue=float(res.pvalue))
+
+
+def spearman_rho(x, y, *, seed: int, n_resamples: int = N_RESAMPLES, confidence: float = 0.95) -> Interval:
+    """Spearman's ρ of two rankings of the same items, its p-value, and a seeded bootstrap CI over items."""
+    ci = bootstrap_ci(_spearman, x, y, seed=seed, n_resamples=n_resamples, confidence=confidence)
+    res = scipy.stats.spearmanr(np.asarray(x, float), np.asarray(y, float))
+    return Interval(value=float(res.statistic), lo=ci.lo, hi=ci.hi, pvalue=float(res.pvalue))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PairedTest:
+    """A paired comparison of two credit vectors on the same questions: mean difference a - b and a p-value.
+
+    method is "mcnemar-exact" (binary credit: binomial test on the discordant pairs) or "permutation"
+    (fractional credit: random sign flips of the per-question differences).
+    """
+
+    method: str
+    difference: float
+    pvalue: float
+    n: int
+    n_discordant: int
+
+
+def mcnemar_exact(a_correct, b_correct) -> PairedTest:
+    """Exact McNemar test: of the questions where exactly one format is right, is 'a right' a fair coin?"""
+    a, b = _as_1d("a_correct", a_correct), _as_1d("b_correct", b_correct)
+    if a.size != b.size:
+        raise InputError(f"mcnemar_exact: a and b must cover the same questions, got {a.size} and {b.size}")
+    if not (np.isin(a, (0, 1)).all() and np.isin(b, (0, 1)).all()):
+        raise InputError("mcnemar_exact: expected 0/1 credit; use paired_permutation_test for fractional credit")
+    only_a, only_b = int(np.sum((a == 1) & (b == 0))), int(np.sum((a == 0) & (b == 1)))
+    n_disc = only_a + only_b
+    p = 1.0 if n_disc == 0 else float(scipy.stats.binomtest(only_a, n_disc, 0.5).pvalue)
+    return PairedTest(method="mcnemar-exact", difference=float(np.mean(a - b)), pvalue=p, n=a.size, n_discordant=n_disc)
+
+
+def paired_permutation_test(a_credit, b_credit, *, seed: int, n_resamples: int = 9999) -> PairedTest:
+    """Two-sided paired permutation test of mean(a - b) = 0 (swaps a and b within questions; exact when small)."""
+    a, b = _as_1d("a_credit", a_credit), _as_1d("b_credit", b_credit)
+    if a.size != b.size:
+        raise InputError(f"paired_permutation_test: a and b must cover the same questions, got {a.size} and {b.size}")
+    d = a - b
+    n_disc = int(np.sum(d != 0))
+    if n_disc == 0:
+        p = 1.0
+    else:
+        res = scipy.stats.permutation_test((a, b), lambda x, y, axis: np.mean(x - y, axis=axis), permutation_type="samples",
+                                           vectorized=True, n_resamples=n_resamples, alternative="two-sided",
+                                           rng=np.random.default_rng(seed))
+        p = float(res.pvalue)
+    return PairedTest(method="permutation", difference=float(d.mean()), pvalue=p, n=a.size, n_discordant=n_disc)
+
+
+def paired_test(a_credit, b_credit, *, seed: int) -> PairedTest:
+    """McNemar exact when both credit vectors are 0/1, else the paired permutation test."""
+    a, b = _as_1d("a_credit", a_credit), _as_1d("b_credit", b_credit)
+    if np.isin(a, (0, 1)).all() and np.isin(b, (0, 1)).all():
+        return mcnemar_exact(a, b)
+    return paired_permutation_test(a, b, seed=seed)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GoodnessOfFit:
+    """Observed pick counts per option vs the counts the answer key predicts; statistic, p-value, dof."""
+
+    observed: tuple[float, ...]
+    expected: tuple[float, ...]
+    statistic: float
+    pvalue: float
+    dof: int
+    method: str
+
+
+def pick_distribution_test(pick_counts, key_counts, *, method: str = "pearson") -> GoodnessOfFit:
+    """Chi-square ("pearson") or G ("log-likelihood") test: are the picks spread like the answer key?
+
+    Expected counts = the key's proportions scaled to the number of picks; an option the key never uses
+    but the model picks makes the statistic infinite (p = 0), which is the right verdict.
+    """
+    if method not in ("pearson", "log-likelihood"):
+        raise InputError(f"method: expected 'pearson' or 'log-likelihood', got {method!r}")
+    obs, key = _as_1d("pick_counts", pick_counts), _as_1d("key_counts", key_counts)
+    if obs.size != key.size or obs.size < 2:
+        raise InputError(f"pick_distribution_test: expected equal-length counts over >= 2 options, got {obs.size} and {key.size}")
+    if (obs < 0).any() or (key < 0).any() or key.sum() == 0:
+        raise InputError("pick_distribution_test: counts must be >= 0 and the key must hold at least one answer")
+    expected = key / key.sum() * obs.sum()
+    keep = expected > 0
+    if np.any(obs[~keep] > 0):
+        stat, p = float("inf"), 0.0
+    else:
+        res = scipy.stats.power_divergence(obs[keep], expected[keep], lambda_=method)
+        stat, p = float(res.statistic), float(res.pvalue)
+    return GoodnessOfFit(observed=tuple(obs.tolist()), expected=tuple(expected.tolist()), statistic=stat, pvalue=p,
+                         dof=int(keep.sum()) - 1, method=method)
+
+
+def roc_auc(scores, labels) -> float:
+    """ROC-AUC = P(score of a positive > score of a negative) + ½·P(tie), from Mann-Whitney U / (n_pos · n_neg)."""
+    s = _as_1d("scores", scores)
+    y = np.asarray(labels)
+    if y.shape != s.shape or not np.isin(y, (0, 1, True, False)).all():
+        raise InputError(f"labels: expected 0/1 of shape {s.shape}, got shape {y.shape}")
+    pos, neg = s[y.astype(bool)], s[~y.astype(bool)]
+    if pos.size == 0 or neg.size == 0:
+        raise InputError(f"roc_auc: need both classes, got {pos.size} positives and {neg.size} negatives")
+    u = scipy.stats.mannwhitneyu(pos, neg, alternative="two-sided", method="asymptotic").statistic
+    return float(u / (pos.size * neg.size))

@@ -1,0 +1,590 @@
+"""Tests of the Hugging Face directory reader: weights, config, tokenizer and chat template against
+transformers on tiny random checkpoints, and one-line errors for every kind of bad directory."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import socket
+
+import hypothesis
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+import tokenizers
+from safetensors.numpy import load_file, save_file
+from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+from harness.errors import InputError
+from harness.model.hf_reader import read_hf_dir, resolve_hf_cache
+
+SPECIALS = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|end|>", "<|assistant|>"]
+PHI3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ '<|system|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+VARIED_TEXTS = [
+    "",
+    " ",
+    "Hello world",
+    "  leading and trailing spaces  ",
+    "The capital of France is Paris.\nAnswer: (B",
+    "<|user|>\nWhat is 2+2?<|end|>\n<|assistant|>\nAnswer: (A",
+    "<s>already has a BOS</s>",
+    "naïve café — 東京 🙂 \t tabs\r\nCRLF",
+    "def f(x):\n    return x ** 2  # comment",
+    "1234567890 3.14159 -42",
+]
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Question?\nChoices:\n(A) x\n(B) y"},
+        {"role": "assistant", "content": "Answer: (B"},
+        {"role": "user", "content": "Why?"},
+    ],
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Writers: a tokenizer trained here, a checkpoint written with numpy only, and transformers ones.
+
+
+@pytest.fixture(scope="module")
+def trained_tokenizer() -> tokenizers.Tokenizer:
+    """A small byte-level BPE trained on Python's own docs, whose post-processor prepends <s>."""
+    from pydoc_data.topics import topics
+
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(topics.values())[:40], trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    return tok
+
+
+def write_tokenizer(directory: pathlib.Path, tok: tokenizers.Tokenizer, *, post_processor=True, **config) -> None:
+    """tokenizer.json (+ tokenizer_config.json with a Phi-3-like template) into `directory`."""
+    tok = tokenizers.Tokenizer.from_str(tok.to_str())
+    if not post_processor:
+        tok.post_processor = None
+    tok.save(str(directory / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+              "chat_template": PHI3_TEMPLATE} | config
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+def write_numpy_llama(directory: pathlib.Path, tok: tokenizers.Tokenizer, **overrides) -> dict[str, np.ndarray]:
+    """A 2-layer Llama directory written with safetensors.numpy alone (no transformers needed)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "intermediate_size": 48, "vocab_size": 400, "rms_norm_eps": 1e-6,
+              "max_position_embeddings": 128, "rope_theta": 500000.0, "rope_scaling": None,
+              "tie_word_embeddings": False} | overrides
+    d, q, kv, f, v = 32, 32, 16, 48, 400
+    shapes = {"model.embed_tokens.weight": (v, d), "model.norm.weight": (d,), "lm_head.weight": (v, d)}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        shapes |= {p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,),
+                   p + "self_attn.q_proj.weight": (q, d), p + "self_attn.k_proj.weight": (kv, d),
+                   p + "self_attn.v_proj.weight": (kv, d), p + "self_attn.o_proj.weight": (d, q),
+                   p + "mlp.gate_proj.weight": (f, d), p + "mlp.up_proj.weight": (f, d),
+                   p + "mlp.down_proj.weight": (d, f)}
+    rng = np.random.default_rng(0)
+    tensors = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
+    save_file(tensors, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(config))
+    write_tokenizer(directory, tok)
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def numpy_llama(tmp_path_factory, trained_tokenizer):
+    directory = tmp_path_factory.mktemp("numpy_llama")
+    return directory, write_numpy_llama(directory, trained_tokenizer)
+
+
+@pytest.fixture
+def llama_copy(tmp_path, numpy_llama) -> pathlib.Path:
+    """A fresh copy of the numpy Llama directory, for tests that break it."""
+    return pathlib.Path(shutil.copytree(numpy_llama[0], tmp_path / "ckpt"))
+
+
+@pytest.fixture(scope="module")
+def hf_checkpoints(tmp_path_factory, trained_tokenizer):
+    """Tiny random Llama / Phi-3 checkpoints saved by transformers: name → (dir, model)."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    common = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=trained_tokenizer.get_vocab_size(),
+                  max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    specs = {
+        "llama": (transformers.LlamaConfig(**common, rope_theta=50000.0), {}),
+        "llama_sharded": (transformers.LlamaConfig(**common), {"max_shard_size": "40KB"}),
+        "llama_tied": (transformers.LlamaConfig(**common, tie_word_embeddings=True), {}),
+        "phi3": (transformers.Phi3Config(**common, sliding_window=100, rms_norm_eps=1e-5), {}),
+    }
+    out = {}
+    for name, (config, save_kwargs) in specs.items():
+        model_class = transformers.Phi3ForCausalLM if config.model_type == "phi3" else transformers.LlamaForCausalLM
+        model = model_class(config).eval()
+        directory = tmp_path_factory.mktemp(name)
+        model.save_pretrained(directory, safe_serialization=True, **save_kwargs)
+        write_tokenizer(directory, trained_tokenizer)
+        out[name] = (directory, model)
+    bf16_model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common)).to(torch.bfloat16).eval()
+    directory = tmp_path_factory.mktemp("llama_bf16")
+    bf16_model.save_pretrained(directory, safe_serialization=True)
+    write_tokenizer(directory, trained_tokenizer)
+    out["llama_bf16"] = (directory, bf16_model)
+    return out
+
+
+def state_dict_numpy(model) -> dict[str, np.ndarray]:
+    return {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights and config.
+
+
+def test_numpy_checkpoint_round_trips(numpy_llama):
+    directory, written = numpy_llama
+    ckpt = read_hf_dir(directory)
+    assert set(ckpt.weights) == set(written)
+    for name, array in written.items():
+        np.testing.assert_array_equal(ckpt.weights[name], array, err_msg=name)
+    assert ckpt.config.rope_base == 500000.0 and ckpt.config.d_ffn == 48 and ckpt.config.n_kv_heads == 2
+    assert ckpt.config.sliding_window is None
+
+
+def test_dtype_argument_casts(numpy_llama):
+    directory, written = numpy_llama
+    ckpt = read_hf_dir(directory, dtype=np.float16)
+    embed = ckpt.weights["model.embed_tokens.weight"]
+    assert embed.dtype == np.float16
+    np.testing.assert_array_equal(embed, written["model.embed_tokens.weight"].astype(np.float16))
+    with pytest.raises(InputError, match="int32"):
+        read_hf_dir(directory, dtype=np.int32)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", ["llama", "llama_sharded", "llama_tied", "llama_bf16"])
+def test_llama_weights_equal_state_dict(hf_checkpoints, name):
+    directory, model = hf_checkpoints[name]
+    if name == "llama_sharded":
+        assert (directory / "model.safetensors.index.json").exists()
+        assert len(list(directory.glob("model-*.safetensors"))) > 1
+    expected = state_dict_numpy(model)
+    if model.config.tie_word_embeddings:
+        expected.pop("lm_head.weight")
+    ckpt = read_hf_dir(directory)
+    assert set(ckpt.weights) == set(expected)
+    for key, array in expected.items():
+        assert ckpt.weights[key].dtype == np.float32
+        np.testing.assert_array_equal(ckpt.weights[key], array, err_msg=key)
+
+
+@pytest.mark.reference
+def test_phi3_split_pieces_equal_fused_rows(hf_checkpoints):
+    directory, model = hf_checkpoints["phi3"]
+    cfg = model.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    q_rows, kv_rows = cfg.num_attention_heads * head_dim, cfg.num_key_value_heads * head_dim
+    ckpt = read_hf_dir(directory)
+    state = state_dict_numpy(model)
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        fused = state.pop(p + "self_attn.qkv_proj.weight")
+        pieces = [ckpt.weights[p + f"self_attn.{x}_proj.weight"] for x in "qkv"]
+        assert [x.shape[0] for x in pieces] == [q_rows, kv_rows, kv_rows]
+        np.testing.assert_array_equal(np.concatenate(pieces), fused)
+        np.testing.assert_array_equal(pieces[1], fused[q_rows:q_rows + kv_rows])
+        gate_up = state.pop(p + "mlp.gate_up_proj.weight")
+        np.testing.assert_array_equal(ckpt.weights[p + "mlp.gate_proj.weight"], gate_up[: cfg.intermediate_size])
+        np.testing.assert_array_equal(ckpt.weights[p + "mlp.up_proj.weight"], gate_up[cfg.intermediate_size:])
+    for key, array in state.items():  # everything else passes through unchanged
+        np.testing.assert_array_equal(ckpt.weights[key], array, err_msg=key)
+
+
+@pytest.mark.reference
+def test_phi3_split_matches_torch_projections(hf_checkpoints):
+    """The split q/k/v rows reproduce what the torch module computes from the fused weight."""
+    torch = pytest.importorskip("torch")
+    directory, model = hf_checkpoints["phi3"]
+    ckpt = read_hf_dir(directory)
+    x = np.random.default_rng(1).standard_normal((5, model.config.hidden_size)).astype(np.float32)
+    layer = model.model.layers[1]
+    with torch.no_grad():
+        fused_out = layer.self_attn.qkv_proj(torch.from_numpy(x)).numpy()
+        mlp_out = layer.mlp.gate_up_proj(torch.from_numpy(x)).numpy()
+    p = "model.layers.1."
+    ours = np.concatenate([x @ ckpt.weights[p + f"self_attn.{n}_proj.weight"].T for n in "qkv"], axis=-1)
+    np.testing.assert_allclose(ours, fused_out, rtol=1e-5, atol=1e-6)
+    ours_mlp = np.concatenate([x @ ckpt.weights[p + f"mlp.{n}_proj.weight"].T for n in ("gate", "up")], axis=-1)
+    np.testing.assert_allclose(ours_mlp, mlp_out, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", ["llama", "llama_tied", "phi3"])
+def test_config_fields_match_transformers(hf_checkpoints, name):
+    directory, model = hf_checkpoints[name]
+    cfg = model.config
+    got = read_hf_dir(directory).config
+    assert got.architecture == cfg.model_type
+    assert (got.d_model, got.n_layers, got.n_heads, got.n_kv_heads, got.d_ffn, got.vocab_size) == (
+        cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads,
+        cfg.intermediate_size, cfg.vocab_size)
+    assert got.head_dim == model.model.layers[0].self_attn.head_dim
+    assert got.rope_base == cfg.rope_parameters["rope_theta"]
+    assert got.rms_norm_eps == cfg.rms_norm_eps
+    assert got.tie_embeddings == cfg.tie_word_embeddings
+    assert got.max_context == cfg.max_position_embeddings
+    assert got.sliding_window == getattr(cfg, "sliding_window", None)
+
+
+def test_old_style_phi3_config_reads_like_phi3_mini(llama_copy):
+    """A Phi-3-mini-4k-style config.json (top-level rope_theta, rope_scaling null) gives its figures."""
+    raw = {"model_type": "phi3", "hidden_size": 3072, "num_hidden_layers": 32, "num_attention_heads": 32,
+           "num_key_value_heads": 32, "intermediate_size": 8192, "vocab_size": 32064, "rope_theta": 10000.0,
+           "rms_norm_eps": 1e-5, "max_position_embeddings": 4096, "sliding_window": 2047,
+           "tie_word_embeddings": False, "rope_scaling": None, "hidden_act": "silu"}
+    from harness.model.hf_reader import model_config_from_hf
+
+    cfg = model_config_from_hf(raw, source="config.json")
+    assert (cfg.head_dim, cfg.sliding_window, cfg.max_context, cfg.rope_base) == (96, 2047, 4096, 10000.0)
+    assert cfg.expected_shapes()["model.layers.0.self_attn.k_proj.weight"] == (3072, 3072)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer and chat template against transformers' AutoTokenizer.
+
+
+def reference_ids(reference, text: str) -> list[int]:
+    """transformers' ids, except the one deliberate difference: ChatTokenizer.encode never doubles BOS
+    when the text already starts with it (transformers prepends a second one)."""
+    ids = reference(text)["input_ids"]
+    bos = reference.bos_token_id
+    return ids[1:] if len(ids) >= 2 and ids[0] == ids[1] == bos else ids
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("post_processor", [True, False])
+def test_token_ids_equal_autotokenizer(tmp_path, trained_tokenizer, post_processor):
+    transformers = pytest.importorskip("transformers")
+    write_tokenizer(tmp_path, trained_tokenizer, post_processor=post_processor)
+    from harness.model.hf_reader import read_hf_tokenizer
+
+    ours = read_hf_tokenizer(tmp_path)
+    reference = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert ours.add_bos is post_processor
+    for text in VARIED_TEXTS:
+        assert ours.encode(text) == reference_ids(reference, text), text
+        assert ours.encode(text, add_bos=False) == reference(text, add_special_tokens=False)["input_ids"], text
+
+
+@pytest.fixture(scope="module")
+def llama_tokenizers(hf_checkpoints):
+    """(ours, transformers' AutoTokenizer) for the random Llama directory."""
+    transformers = pytest.importorskip("transformers")
+    directory, _ = hf_checkpoints["llama"]
+    return read_hf_dir(directory).tokenizer, transformers.AutoTokenizer.from_pretrained(directory)
+
+
+@pytest.mark.reference
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(text=st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
+                  | st.lists(st.sampled_from(SPECIALS + ["A", " (", "\n", "é", "ab"]), max_size=12).map("".join))
+def test_token_ids_equal_autotokenizer_property(llama_tokenizers, text):
+    ours, reference = llama_tokenizers
+    assert ours.encode(text) == reference_ids(reference, text)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("source", ["tokenizer_config", "saved_by_transformers"])
+def test_chat_template_equals_apply_chat_template(tmp_path, hf_checkpoints, source):
+    transformers = pytest.importorskip("transformers")
+    directory, _ = hf_checkpoints["phi3"]
+    reference = transformers.AutoTokenizer.from_pretrained(directory)
+    if source == "saved_by_transformers":  # newer transformers writes chat_template.jinja
+        directory = pathlib.Path(shutil.copytree(directory, tmp_path / "resaved"))
+        (directory / "tokenizer_config.json").unlink()
+        reference.save_pretrained(directory)
+        assert (directory / "chat_template.jinja").is_file()
+        reference = transformers.AutoTokenizer.from_pretrained(directory)
+    ours = read_hf_dir(directory).tokenizer
+    assert (ours.bos_token, ours.eos_token) == (reference.bos_token, reference.eos_token)
+    for messages in CONVERSATIONS:
+        for add_generation_prompt in (True, False):
+            expected = reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+            got = ours.render_chat(messages, add_generation_prompt=add_generation_prompt)
+            assert got == expected
+            assert ours.encode(got) == reference_ids(reference, expected)
+
+
+def test_chat_template_file_takes_priority(llama_copy):
+    (llama_copy / "chat_template.jinja").write_text("{{ messages[0]['content'] }}|jinja")
+    assert read_hf_dir(llama_copy).tokenizer.render_chat([{"role": "user", "content": "hi"}]) == "hi|jinja"
+
+
+def test_explicit_add_bos_token_wins_with_a_warning(llama_copy, trained_tokenizer):
+    write_tokenizer(llama_copy, trained_tokenizer, post_processor=True, add_bos_token=False)
+    with pytest.warns(UserWarning, match="add_bos_token=False"):
+        tok = read_hf_dir(llama_copy).tokenizer
+    assert tok.add_bos is False
+    assert tok.encode("Hello")[0] != tok.token_id("<s>")
+
+
+def test_added_token_dict_and_eos_appending_post_processor(llama_copy, trained_tokenizer):
+    write_tokenizer(llama_copy, trained_tokenizer, bos_token={"__type": "AddedToken", "content": "<s>"})
+    assert read_hf_dir(llama_copy).tokenizer.bos_token == "<s>"
+    tok = tokenizers.Tokenizer.from_file(str(llama_copy / "tokenizer.json"))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))])
+    tok.save(str(llama_copy / "tokenizer.json"))
+    with pytest.raises(InputError, match=r"tokenizer\.json: post_processor appends \['</s>'\]"):
+        read_hf_dir(llama_copy)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: one line, naming the file and the field / tensor.
+
+
+def edit_config(directory: pathlib.Path, **changes) -> None:
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is ...:
+            config.pop(key)
+        else:
+            config[key] = value
+    path.write_text(json.dumps(config))
+
+
+def assert_input_error(directory_or_path, *fragments):
+    with pytest.raises(InputError) as info:
+        read_hf_dir(directory_or_path)
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_missing_directory(tmp_path):
+    assert_input_error(tmp_path / "nope", "nope", "not a directory")
+
+
+@pytest.mark.parametrize("filename", ["config.json", "tokenizer.json"])
+def test_missing_file(llama_copy, filename):
+    (llama_copy / filename).unlink()
+    assert_input_error(llama_copy, str(llama_copy / filename), "missing")
+
+
+def test_missing_weights(llama_copy):
+    (llama_copy / "model.safetensors").rename(llama_copy / "pytorch_model.safetensors")
+    assert_input_error(llama_copy, str(llama_copy), "model.safetensors", "pytorch_model.safetensors")
+
+
+def test_truncated_safetensors(llama_copy):
+    path = llama_copy / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert_input_error(llama_copy, str(path), "not a readable safetensors file", "incomplete")
+
+
+def test_garbage_safetensors(llama_copy):
+    path = llama_copy / "model.safetensors"
+    path.write_bytes(np.random.default_rng(3).bytes(4096))
+    assert_input_error(llama_copy, str(path), "not a readable safetensors file")
+
+
+def test_garbage_json(llama_copy):
+    (llama_copy / "config.json").write_text("{not json")
+    assert_input_error(llama_copy, str(llama_copy / "config.json"), "not valid JSON")
+
+
+def test_missing_tensor(llama_copy):
+    path = llama_copy / "model.safetensors"
+    tensors = load_file(str(path))
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, str(path))
+    assert_input_error(llama_copy, str(path), "missing weight model.layers.1.mlp.up_proj.weight")
+
+
+def test_unexpected_bias_tensor(llama_copy):
+    path = llama_copy / "model.safetensors"
+    tensors = load_file(str(path)) | {"model.layers.0.self_attn.q_proj.bias": np.zeros(32, np.float32)}
+    save_file(tensors, str(path))
+    assert_input_error(llama_copy, str(path), "unexpected weight model.layers.0.self_attn.q_proj.bias")
+
+
+def test_shape_mismatch(llama_copy):
+    edit_config(llama_copy, intermediate_size=64)
+    assert_input_error(llama_copy, "model.safetensors", "model.layers.0.mlp.gate_proj.weight", "(48, 32)", "(64, 32)")
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragments"),
+    [
+        ({"model_type": "mistral"}, ["model_type 'mistral'"]),
+        ({"hidden_size": ...}, ["'hidden_size'", "missing"]),
+        ({"rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}}, ["rope_scaling 'longrope'"]),
+        ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4}}, ["rope_parameters.rope_type 'longrope'"]),
+        ({"partial_rotary_factor": 0.5}, ["partial_rotary_factor 0.5"]),
+        ({"attention_bias": True}, ["attention_bias"]),
+        ({"hidden_act": "gelu"}, ["hidden_act 'gelu'"]),
+        ({"num_key_value_heads": 3}, ["n_kv_heads=3"]),
+        ({"intermediate_size": "96"}, ["'intermediate_size' is '96'"]),
+        ({"rope_theta": "big"}, ["'rope_theta' is 'big'"]),
+    ],
+)
+def test_unsupported_config(llama_copy, changes, fragments):
+    edit_config(llama_copy, **changes)
+    assert_input_error(llama_copy, str(llama_copy / "config.json"), *fragments)
+
+
+def test_tied_but_different_lm_head(llama_copy):
+    edit_config(llama_copy, tie_word_embeddings=True)
+    assert_input_error(llama_copy, "model.safetensors", "tie_word_embeddings", "lm_head.weight differs")
+
+
+def test_tied_equal_lm_head_is_dropped(llama_copy):
+    path = llama_copy / "model.safetensors"
+    tensors = load_file(str(path))
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].copy()
+    save_file(tensors, str(path))
+    edit_config(llama_copy, tie_word_embeddings=True)
+    ckpt = read_hf_dir(llama_copy)
+    assert "lm_head.weight" not in ckpt.weights and ckpt.config.tie_embeddings
+
+
+def test_tokenizer_larger_than_model_vocab(llama_copy):
+    edit_config(llama_copy, vocab_size=100)
+    assert_input_error(llama_copy, "model.safetensors", "(100, 32)")  # weights are checked first
+    path = llama_copy / "model.safetensors"
+    tensors = load_file(str(path))
+    tensors["model.embed_tokens.weight"] = tensors["model.embed_tokens.weight"][:100]
+    tensors["lm_head.weight"] = tensors["lm_head.weight"][:100]
+    save_file(tensors, str(path))
+    assert_input_error(llama_copy, "tokenizer.json", "vocab_size 100")
+
+
+def split_into_shards(directory: pathlib.Path) -> tuple[pathlib.Path, dict[str, str]]:
+    """Rewrite model.safetensors as two shards plus model.safetensors.index.json."""
+    tensors = load_file(str(directory / "model.safetensors"))
+    (directory / "model.safetensors").unlink()
+    names = sorted(tensors)
+    weight_map = {}
+    for k, part in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
+        shard = f"model-{k + 1:05d}-of-00002.safetensors"
+        save_file({n: tensors[n] for n in part}, str(directory / shard))
+        weight_map |= {n: shard for n in part}
+    index = directory / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return index, weight_map
+
+
+def test_sharded_numpy_checkpoint_reads_like_single(llama_copy, numpy_llama):
+    split_into_shards(llama_copy)
+    weights = read_hf_dir(llama_copy).weights
+    assert set(weights) == set(numpy_llama[1])
+    for name, array in numpy_llama[1].items():
+        np.testing.assert_array_equal(weights[name], array)
+
+
+def test_missing_shard(llama_copy):
+    index, _ = split_into_shards(llama_copy)
+    (llama_copy / "model-00002-of-00002.safetensors").unlink()
+    assert_input_error(llama_copy, str(index), "shard 'model-00002-of-00002.safetensors'", "does not exist")
+
+
+def test_tensor_listed_in_index_missing_from_shard(llama_copy):
+    index, weight_map = split_into_shards(llama_copy)
+    shard = llama_copy / "model-00001-of-00002.safetensors"
+    tensors = load_file(str(shard))
+    victim = sorted(tensors)[0]
+    del tensors[victim]
+    save_file(tensors, str(shard))
+    assert_input_error(llama_copy, str(shard), f"tensor {victim} listed in model.safetensors.index.json is missing")
+
+
+def test_tensor_not_listed_in_index(llama_copy):
+    index, weight_map = split_into_shards(llama_copy)
+    victim = sorted(weight_map)[-1]
+    del weight_map[victim]
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    assert_input_error(llama_copy, f"tensor {victim} is not listed")
+
+
+# ---------------------------------------------------------------------------------------------
+# The Hugging Face cache, offline.
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """HF_HUB_OFFLINE=1 and any socket connection fails the test."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def lay_out_cache(cache: pathlib.Path, model_id: str, source: pathlib.Path) -> pathlib.Path:
+    """The hub cache layout: blobs/<hash> files, snapshots/<commit>/<name> symlinks, refs/main."""
+    repo = cache / ("models--" + model_id.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for k, file in enumerate(sorted(source.iterdir())):
+        blob = repo / "blobs" / f"{k:064x}"
+        shutil.copyfile(file, blob)
+        (snapshot / file.name).symlink_to(pathlib.Path("..", "..", "blobs", blob.name))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_resolve_hf_cache(tmp_path, monkeypatch, numpy_llama, no_network):
+    cache = tmp_path / "hub"
+    snapshot = lay_out_cache(cache, "org/tiny-llama", numpy_llama[0])
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    resolved = resolve_hf_cache("org/tiny-llama")
+    assert resolved.resolve() == snapshot.resolve()
+    ckpt = read_hf_dir(resolved)
+    np.testing.assert_array_equal(ckpt.weights["model.norm.weight"], numpy_llama[1]["model.norm.weight"])
+
+
+def test_resolve_hf_cache_follows_hf_home(tmp_path, monkeypatch, numpy_llama, no_network):
+    snapshot = lay_out_cache(tmp_path / "home" / "hub", "org/tiny-llama", numpy_llama[0])
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    assert resolve_hf_cache("org/tiny-llama").resolve() == snapshot.resolve()
+
+
+@pytest.mark.parametrize("model_id", ["org/absent-model", "not a valid id!"])
+def test_resolve_hf_cache_absent(tmp_path, monkeypatch, numpy_llama, no_network, model_id):
+    cache = tmp_path / "hub"
+    lay_out_cache(cache, "org/tiny-llama", numpy_llama[0])
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    with pytest.raises(InputError) as info:
+        resolve_hf_cache(model_id)
+    message = str(info.value)
+    assert f"model id {model_id!r} is not in the local Hugging Face cache ({cache})" in message
+    assert "pass a directory or .gguf path" in message

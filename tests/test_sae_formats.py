@@ -1,0 +1,272 @@
+"""Each SAE file format read back against an independent numpy forward pass written from the formulas.
+
+Files are small random SAEs (d_model 16, d_sae 64) written in each format into tmp_path; the
+expected values come from the raw file tensors and the published formulas (BRIEF §1, §4), never
+from harness functions.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from harness.errors import InputError
+from harness.sae.formats import load_any, read_card, save_sae
+from harness.sae.sae import check_compatible, decode, decoder_projection, encode, pre_activations, reconstruct
+
+D_MODEL, D_SAE = 16, 64
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+def _relu(a):
+    return np.maximum(a, 0.0)
+
+
+def _random_core(rng, *, bias_name="b_enc"):
+    W_enc = rng.normal(size=(D_MODEL, D_SAE)) / math.sqrt(D_MODEL)
+    return {
+        "W_enc": W_enc,
+        bias_name: rng.normal(scale=0.3, size=D_SAE),
+        "W_dec": rng.normal(size=(D_SAE, D_MODEL)) / math.sqrt(D_SAE),
+        "b_dec": rng.normal(scale=0.3, size=D_MODEL),
+    }
+
+
+def _f32(tensors):
+    return {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+
+
+def _f64(tensors):
+    return {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}
+
+
+def _topk_ref(pre, k):
+    out = np.zeros_like(pre)
+    idx = np.argsort(-pre, axis=-1)[..., :k]
+    np.put_along_axis(out, idx, _relu(np.take_along_axis(pre, idx, axis=-1)), axis=-1)
+    return out
+
+
+# ---- independent references, straight from the formulas -------------------------------------
+
+
+def ref_saex(t, x):
+    """micrlhf/saex: x' = x·sqrt(d)/mean_norm; gate x'W_enc+b_enc>0; magnitude relu(x'W_enc·softplus(s_gate)·s + b_gate)."""
+    nf = math.sqrt(D_MODEL) / float(t["mean_norm"]) if "mean_norm" in t else 1.0
+    of = math.sqrt(D_MODEL) / float(t["tgt_mean_norm"]) if "tgt_mean_norm" in t else nf
+    xin = x * nf
+    pre = xin @ t["W_enc"] + t["b_enc"]
+    if "s_gate" in t:
+        f = (pre > 0) * _relu((xin @ t["W_enc"]) * np.log1p(np.exp(t["s_gate"])) * t["scaling_factor"] + t["b_gate"])
+    else:
+        f = _relu(pre) * t.get("scaling_factor", 1.0)
+    return pre, f, (f @ t["W_dec"] + t["b_dec"]) / of
+
+
+def ref_saelens(cfg, t, x):
+    """SAELens: x' = x − b_dec (if applied); standard/jumprelu/gated/topk; decode fW_dec + b_dec."""
+    xin = x - t["b_dec"] if cfg.get("apply_b_dec_to_input", True) else x
+    arch = cfg.get("architecture") or cfg["activation_fn_str"]
+    if arch == "gated":
+        pre = xin @ t["W_enc"] + t["b_gate"]
+        f = (pre > 0) * _relu(xin @ (t["W_enc"] * np.exp(t["r_mag"])) + t["b_mag"])
+    else:
+        pre = xin @ t["W_enc"] + t["b_enc"]
+        if arch in ("standard", "relu"):
+            f = _relu(pre)
+        elif arch == "jumprelu":
+            f = _relu(pre) * (pre > t["threshold"])
+        else:
+            k = cfg.get("k") or cfg["activation_fn_kwargs"]["k"]
+            f = _topk_ref(pre, k)
+    return pre, f, f @ t["W_dec"] + t["b_dec"]
+
+
+def ref_gemma_scope(t, x):
+    """Gemma Scope JumpReLU with no b_dec subtraction."""
+    pre = x @ t["W_enc"] + t["b_enc"]
+    f = pre * (pre > t["threshold"])
+    return pre, f, f @ t["W_dec"] + t["b_dec"]
+
+
+def _check_against(params, x, pre, f, x_hat, t):
+    np.testing.assert_allclose(np.asarray(pre_activations(params, x)), pre, **TOL)
+    got_f = np.asarray(encode(params, x))
+    np.testing.assert_allclose(got_f, f, **TOL)
+    assert (got_f != 0).any(), "a forward pass with no active feature checks nothing"
+    np.testing.assert_allclose(np.asarray(decode(params, f)), x_hat, **TOL)
+    np.testing.assert_allclose(np.asarray(reconstruct(params, x)), x_hat, **TOL)
+    np.testing.assert_allclose(np.asarray(decoder_projection(params, x)), x @ t["W_dec"].T, **TOL)
+    picked = [5, 0, 63]
+    np.testing.assert_allclose(np.asarray(decoder_projection(params, x, picked)), x @ t["W_dec"][picked].T, **TOL)
+
+
+@pytest.fixture
+def x():
+    # leading axes [2, 3] stay free: [batch, position, d_model]
+    return np.random.default_rng(99).normal(scale=2.0, size=(2, 3, D_MODEL))
+
+
+# ---- saex ---------------------------------------------------------------------------------------
+
+
+def _write_saex(tmp_path, rng, *, gated=True, norms=True, name="sae.safetensors"):
+    t = _random_core(rng)
+    if gated:
+        t |= {"s_gate": rng.normal(size=D_SAE), "b_gate": rng.normal(scale=0.3, size=D_SAE),
+              "scaling_factor": rng.uniform(0.5, 1.5, size=D_SAE)}
+    else:
+        t |= {"scaling_factor": rng.uniform(0.5, 1.5, size=D_SAE)}
+    if norms:
+        t |= {"mean_norm": np.array(7.5), "tgt_mean_norm": np.array(6.0)}
+    path = tmp_path / name
+    safetensors.numpy.save_file(_f32(t), str(path))
+    return path, _f64(_f32(t))
+
+
+@pytest.mark.parametrize("gated", [True, False], ids=["gated", "relu"])
+def test_saex_matches_numpy(tmp_path, x, gated):
+    path, t = _write_saex(tmp_path, np.random.default_rng(1), gated=gated)
+    params, meta = load_any(path, model_name="phi-3-mini", layer=20, hook="resid_pre")
+    assert params.architecture == ("gated" if gated else "relu")
+    assert (meta.format, meta.layer, meta.hook, meta.d_model, meta.d_sae) == ("saex", 20, "resid_pre", D_MODEL, D_SAE)
+    _check_against(params, x, *ref_saex(t, x), t)
+
+
+def test_saex_metadata_from_sidecar_and_unused_tensors_reported(tmp_path):
+    path, t = _write_saex(tmp_path, np.random.default_rng(2))
+    safetensors.numpy.save_file(_f32(t | {"extra_stat": np.ones(3)}), str(path))
+    (tmp_path / "sae.meta.json").write_text(json.dumps({"model_name": "m", "layer": 20, "hook": "resid_pre"}))
+    _, meta = load_any(path)
+    assert meta.ignored == ("extra_stat",)
+    check_compatible(meta, d_model=D_MODEL, layer=20, hook="resid_pre", model_name="m")
+    with pytest.raises(InputError, match="layer 20.*layer 7"):
+        check_compatible(meta, d_model=D_MODEL, layer=7, hook="resid_pre")
+    with pytest.raises(InputError, match=r"file says layer=20, caller says layer=3"):
+        load_any(path, layer=3)
+
+
+# ---- SAELens --------------------------------------------------------------------------------------
+
+
+def _write_saelens(tmp_path, rng, cfg):
+    arch = cfg.get("architecture") or cfg["activation_fn_str"]
+    t = _random_core(rng, bias_name="b_gate" if arch == "gated" else "b_enc")
+    if arch == "jumprelu":
+        t["threshold"] = rng.uniform(0.0, 0.5, size=D_SAE)
+    if arch == "gated":
+        t |= {"r_mag": rng.normal(scale=0.3, size=D_SAE), "b_mag": rng.normal(scale=0.3, size=D_SAE)}
+    folder = tmp_path / "saelens"
+    folder.mkdir()
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    safetensors.numpy.save_file(_f32(t), str(folder / "sae_weights.safetensors"))
+    return folder, _f64(_f32(t))
+
+
+def _new_style(arch, **extra):
+    return {"architecture": arch, "d_in": D_MODEL, "d_sae": D_SAE, "dtype": "float32", "device": "cpu",
+            "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
+            "metadata": {"model_name": "tiny-llama", "hook_name": "blocks.3.hook_resid_post", "prepend_bos": True},
+            **extra}
+
+
+def _pre_6(activation, **extra):
+    return {"d_in": D_MODEL, "d_sae": D_SAE, "model_name": "tiny-llama", "hook_point": "blocks.3.hook_resid_post",
+            "hook_layer": 3, "activation_fn_str": activation, "apply_b_dec_to_input": False,
+            "normalize_activations": "none", **extra}
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [_new_style("standard"), _new_style("jumprelu"), _new_style("gated"), _new_style("topk", k=8),
+     _pre_6("relu"), _pre_6("topk", activation_fn_kwargs={"k": 5})],
+    ids=["new-standard", "new-jumprelu", "new-gated", "new-topk", "pre6-relu", "pre6-topk"],
+)
+def test_saelens_matches_numpy(tmp_path, x, cfg):
+    folder, t = _write_saelens(tmp_path, np.random.default_rng(3), cfg)
+    params, meta = load_any(folder)
+    assert (meta.format, meta.model_name, meta.layer, meta.hook) == ("saelens", "tiny-llama", 3, "resid_post")
+    _check_against(params, x, *ref_saelens(cfg, t, x), t)
+
+
+def test_saelens_refuses_activation_normalisation(tmp_path):
+    folder, _ = _write_saelens(tmp_path, np.random.default_rng(4),
+                               _new_style("standard", normalize_activations="expected_average_only_in"))
+    with pytest.raises(InputError, match=r"cfg\.json: normalize_activations='expected_average_only_in'"):
+        load_any(folder)
+
+
+# ---- Gemma Scope ------------------------------------------------------------------------------------
+
+
+def test_gemma_scope_matches_numpy(tmp_path, x):
+    rng = np.random.default_rng(5)
+    t = _random_core(rng) | {"threshold": rng.uniform(0.0, 0.5, size=D_SAE)}
+    np.savez(tmp_path / "params.npz", **_f32(t))
+    params, meta = load_any(tmp_path / "params.npz", model_name="gemma-2-2b", layer=12, hook="resid_post")
+    assert (meta.format, params.architecture, params.apply_b_dec_to_input) == ("gemma_scope", "jumprelu", False)
+    t = _f64(_f32(t))
+    _check_against(params, x, *ref_gemma_scope(t, x), t)
+
+
+# ---- harness-native ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_native_round_trip(tmp_path, x, dtype):
+    folder, t = _write_saelens(tmp_path, np.random.default_rng(6), _new_style("topk", k=8))
+    params, meta = load_any(folder)
+    card = {"trained_on": "synthetic", "fvu": 0.12}
+    save_sae(tmp_path / "native", params, meta, card, dtype=dtype)
+    again, meta2 = load_any(tmp_path / "native")
+    assert read_card(tmp_path / "native") == card
+    assert (meta2.format, meta2.layer, meta2.hook, again.k) == ("native", 3, "resid_post", 8)
+    if dtype == "float16":  # the stored weights are the float16-rounded ones
+        t = {k: np.asarray(v, np.float16).astype(np.float64) for k, v in t.items()}
+    _check_against(again, x, *ref_saelens(_new_style("topk", k=8), t, x), t)
+
+
+# ---- errors ---------------------------------------------------------------------------------------------
+
+
+def test_unknown_format(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"\0" * 8)
+    with pytest.raises(InputError, match=r"weights\.bin: unknown SAE format"):
+        load_any(tmp_path / "weights.bin")
+    with pytest.raises(InputError, match="unknown SAE format"):
+        load_any(tmp_path)
+
+
+def test_missing_tensor_names_file_and_tensor(tmp_path):
+    rng = np.random.default_rng(7)
+    t = _random_core(rng)
+    del t["b_dec"]
+    safetensors.numpy.save_file(_f32(t), str(tmp_path / "broken.safetensors"))
+    with pytest.raises(InputError, match=r"broken\.safetensors: tensor b_dec missing"):
+        load_any(tmp_path / "broken.safetensors")
+    t = _random_core(rng) | {"s_gate": np.zeros(D_SAE), "scaling_factor": np.ones(D_SAE)}
+    safetensors.numpy.save_file(_f32(t), str(tmp_path / "gated.safetensors"))
+    with pytest.raises(InputError, match=r"gated\.safetensors: tensor b_gate missing"):
+        load_any(tmp_path / "gated.safetensors")
+
+
+def test_nan_in_weights_is_refused_at_load(tmp_path):
+    t = _random_core(np.random.default_rng(8)) | {"threshold": np.full(D_SAE, 0.1)}
+    t["W_dec"][3, 4] = np.nan
+    np.savez(tmp_path / "params.npz", **_f32(t))
+    with pytest.raises(InputError, match=r"params\.npz: tensor W_dec has 1 NaN/inf"):
+        load_any(tmp_path)
+
+
+def test_width_mismatch_and_unknown_layer(tmp_path):
+    path, _ = _write_saex(tmp_path, np.random.default_rng(9))
+    _, meta = load_any(path)
+    with pytest.raises(InputError, match=r"sae\.safetensors: SAE width d_model=16 does not match the model's d_model=3072"):
+        check_compatible(meta, d_model=3072, layer=20, hook="resid_pre")
+    with pytest.raises(InputError, match="no layer"):
+        check_compatible(meta, d_model=D_MODEL, layer=20, hook="resid_pre")
+    _, meta = load_any(path, layer=20, hook="resid_post")
+    with pytest.raises(InputError, match="reads hook 'resid_post', asked to read 'resid_pre'"):
+        check_compatible(meta, d_model=D_MODEL, layer=20, hook="resid_pre")
