@@ -139,3 +139,16 @@ def residual_and_logits(
     tokens = np.asarray(tokens)
     check_tokens(tokens, max_context)
     return _resid_and_logits_jit(pz.freeze_params(model), tokens, check_layer(model, layer, where))
+
+
+@functools.partial(jax.jit, static_argnames="start_block")
+def _logits_from_jit(model, resid, start_block):
+    return _logits_from(model, pz.nx.wrap(resid).tag(BATCH, SEQ, EMBEDDING), start_block).unwrap(BATCH, SEQ, VOCAB)
+
+
+def logits_from_residual(model, resid, *, layer: int, where: Where = "pre") -> jax.Array:
+    """Logits [batch, seq, vocabulary] continuing the forward from a residual at `layer`.
+
+    Splicing a modified residual (an SAE reconstruction, an ablation) back into the model.
+    """
+    return _logits_from_jit(pz.freeze_params(model), jnp.asarray(resid), check_layer(model, layer, where))

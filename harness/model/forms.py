@@ -18,6 +18,7 @@ from penzai import pz
 from penzai.models.transformer import model_parts
 from penzai.models.transformer.variants import llamalike_common as llamalike
 
+from harness.errors import InputError
 from harness.model.config import Checkpoint, ModelConfig
 
 # The named axis that stacks the decoder blocks (penzai's own name for it).
@@ -212,7 +213,7 @@ def config_of(model: model_parts.TransformerLM, config: ModelConfig) -> ModelCon
     _, blocks = split_params(model)
     n = next(iter(blocks.values())).named_shape[LAYER_AXIS]
     if n != config.n_layers:
-        raise ValueError(f"model has {n} blocks, config says {config.n_layers}")
+        raise InputError(f"model has {n} blocks but config n_layers is {config.n_layers}; expected equal")
     return config
 
 

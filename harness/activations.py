@@ -1,0 +1,204 @@
+"""Batched forwards over a question set in one format: the residual at the scored position and the log-probs.
+
+Every (question, option) sequence from `harness.prompts` is run once: sequences are sorted by length, right-padded
+to a few bucket lengths (each new shape recompiles the jit) with a fixed number of rows per bucket, and one
+forward per batch gives both the residual at the SAE's layer/hook and the logits. Attention is causal, so right
+padding changes nothing at the real positions. Questions whose sequence exceeds the context are skipped and listed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from harness.data.records import N_CHOICES, MCQuestion
+from harness.errors import InputError
+from harness.model import capture
+from harness.prompts import PromptTooLong, QuestionPrompts, build_prompts, check_format, letter_token_ids
+
+HOOKS = {"resid_pre": "pre", "resid_post": "post"}
+# Padded lengths: a sequence runs at the smallest bucket that holds it (capped by the model's context).
+BUCKETS: tuple[int, ...] = (32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 512, 768, 1024, 1536, 2048, 3072,
+                            4096, 6144, 8192)
+PAD_ID = 0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptionRun:
+    """One format's forward results on a question set (axis order documented per field)."""
+
+    fmt: str                                   # "letter" | "text" | "cloze"
+    questions: tuple[MCQuestion, ...]          # the scored questions (skipped ones excluded)
+    resid: np.ndarray                          # [question, option, embedding] float32 residual at layer/hook, scored position
+    logprob: np.ndarray                        # [question, option] summed log-prob of the option's continuation tokens
+    n_tokens: np.ndarray                       # [question, option] continuation token counts
+    n_chars: np.ndarray                        # [question, option] continuation characters (acc_norm)
+    letter_logits: np.ndarray | None           # [question, 4] next-token logits of the letter tokens after "Answer: (" (letter only)
+    layer: int
+    hook: str                                  # "resid_pre" | "resid_post"
+    skipped: tuple[tuple[str, str], ...]       # (qid, reason) of questions not scored
+    boundary_mismatches: int                   # sequences where tokenize(ctx)+tokenize(cont) != tokenize(ctx+cont)
+    n_sequences: int = 0                       # option sequences run
+    padded_tokens: int = 0                     # tokens processed including padding (cost)
+    seconds: float = 0.0                       # wall time of the collection
+
+    @property
+    def answers(self) -> np.ndarray:
+        """[question] answer index 0..3 of each scored question."""
+        return np.array([q.answer for q in self.questions], dtype=np.int64)
+
+    @property
+    def n(self) -> int:
+        return len(self.questions)
+
+    def summary(self) -> str:
+        """One line for logs and reports."""
+        return (f"{self.fmt}: n={self.n}, skipped {len(self.skipped)}, boundary mismatches {self.boundary_mismatches}"
+                f"/{self.n_sequences} sequences, {self.padded_tokens} padded tokens, {self.seconds:.1f}s")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Seq:
+    """One sequence to run and where its results go: flat index = question * 4 + option."""
+
+    index: int
+    ids: tuple[int, ...]
+    cont_start: int
+    probe: tuple[int, ...]  # token ids whose logits at cont_start - 1 are read (the letters), or ()
+
+
+def bucket_length(length: int, max_len: int) -> int:
+    """Smallest bucket holding `length`, at most `max_len` (a sequence longer than max_len never reaches here)."""
+    for b in BUCKETS:
+        if b >= length:
+            return min(b, max_len)
+    return max_len
+
+
+def plan_batches(lengths: list[int], *, max_len: int, batch_size: int, token_budget: int) -> list[tuple[int, int, list[int]]]:
+    """[(padded length, rows, sequence indices)]: length-sorted, rows fixed per bucket so each shape compiles once."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    by_bucket: dict[int, list[int]] = {}
+    for i in order:
+        by_bucket.setdefault(bucket_length(lengths[i], max_len), []).append(i)
+    plan = []
+    for length, members in sorted(by_bucket.items()):
+        rows = max(1, min(batch_size, token_budget // length))
+        plan.extend((length, rows, members[k : k + rows]) for k in range(0, len(members), rows))
+    return plan
+
+
+@jax.jit
+def _gather(resid, logits, tokens, lengths, cont_start, probe_ids):
+    """Per row: residual at the last real token, summed continuation log-prob, logits of `probe_ids` before the continuation."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)                      # [batch, seq, vocab]
+    target = jnp.take_along_axis(logp[:, :-1], tokens[:, 1:, None], axis=-1)[..., 0]      # [batch, seq-1]: log p(token t+1)
+    t = jnp.arange(1, tokens.shape[1])[None, :]
+    in_cont = (t >= cont_start[:, None]) & (t < lengths[:, None])
+    logprob = jnp.sum(jnp.where(in_cont, target, 0.0), axis=1)
+    scored = jnp.take_along_axis(resid, (lengths - 1)[:, None, None], axis=1)[:, 0]       # [batch, embedding]
+    before = jnp.take_along_axis(logits, (cont_start - 1)[:, None, None], axis=1)[:, 0]   # [batch, vocab]
+    probe = jnp.take_along_axis(before, probe_ids, axis=1)                                 # [batch, 4]
+    return scored.astype(jnp.float32), logprob, probe.astype(jnp.float32)
+
+
+def run_sequences(model, seqs: list[_Seq], *, layer: int, where: str, max_len: int, batch_size: int,
+                  token_budget: int, d_model: int, progress: bool, desc: str):
+    """(resid [n, embedding], logprob [n], probe logits [n, 4], padded tokens) for `seqs`, in their order."""
+    n = len(seqs)
+    resid = np.zeros((n, d_model), np.float32)
+    logprob = np.zeros(n, np.float64)
+    probe = np.full((n, N_CHOICES), np.nan, np.float32)
+    plan = plan_batches([len(s.ids) for s in seqs], max_len=max_len, batch_size=batch_size, token_budget=token_budget)
+    padded = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, desc=desc, unit="seq", leave=False)
+    for length, rows, members in plan:
+        tokens = np.full((rows, length), PAD_ID, np.int32)
+        lengths = np.ones(rows, np.int32)
+        cont = np.ones(rows, np.int32)
+        probe_ids = np.zeros((rows, N_CHOICES), np.int32)
+        for r, i in enumerate(members):
+            s = seqs[i]
+            tokens[r, : len(s.ids)] = s.ids
+            lengths[r], cont[r] = len(s.ids), s.cont_start
+            if s.probe:
+                probe_ids[r] = s.probe
+        r_all, logits = capture.residual_and_logits(model, tokens, layer=layer, where=where, max_context=max_len)
+        got = _gather(r_all, logits, jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(cont), jnp.asarray(probe_ids))
+        got_resid, got_logprob, got_probe = (np.asarray(g) for g in got)
+        k = len(members)
+        resid[members] = got_resid[:k]
+        logprob[members] = got_logprob[:k]
+        has_probe = np.array([bool(seqs[i].probe) for i in members])
+        probe[np.asarray(members)[has_probe]] = got_probe[:k][has_probe]
+        padded += rows * length
+        if bar is not None:
+            bar.update(k)
+    if bar is not None:
+        bar.close()
+    return resid, logprob, probe, padded
+
+
+def prepare(tokenizer, questions, *, fmt: str, max_len: int) -> tuple[list[tuple[MCQuestion, QuestionPrompts]], list[tuple[str, str]]]:
+    """Prompts of each question, and (qid, reason) of those too long to run (counted, never truncated)."""
+    kept, skipped = [], []
+    for q in questions:
+        try:
+            kept.append((q, build_prompts(tokenizer, q, fmt, max_len=max_len)))
+        except PromptTooLong as why:
+            skipped.append((q.qid, str(why)))
+    return kept, skipped
+
+
+def collect(model, checkpoint, questions, *, fmt: str, layer: int, hook: str = "resid_pre", batch_size: int = 16,
+            progress: bool = True, max_len: int | None = None, token_budget: int = 4096) -> OptionRun:
+    """Run every option sequence of `questions` in format `fmt`; see OptionRun for what comes back.
+
+    `max_len` (default: the model's context) bounds a sequence; `token_budget` bounds rows × padded length per batch.
+    """
+    check_format(fmt)
+    if hook not in HOOKS:
+        raise InputError(f"hook {hook!r}: expected one of {tuple(HOOKS)}")
+    context = checkpoint.config.max_context
+    max_len = context if max_len is None else min(int(max_len), context)
+    if batch_size < 1 or token_budget < 1:
+        raise InputError(f"batch_size={batch_size}, token_budget={token_budget}: expected positive integers")
+    start = time.perf_counter()
+    prepared, skipped = prepare(checkpoint.tokenizer, tuple(questions), fmt=fmt, max_len=max_len)
+    seqs = []
+    for qi, (_, prompts) in enumerate(prepared):
+        probe = letter_token_ids(prompts) if fmt == "letter" else ()
+        for oi, option in enumerate(prompts.options):
+            seqs.append(_Seq(index=qi * N_CHOICES + oi, ids=option.ids, cont_start=option.cont_start,
+                             probe=probe if oi == 0 else ()))
+    d_model = checkpoint.config.d_model
+    resid, logprob, probe, padded = run_sequences(
+        model, seqs, layer=layer, where=HOOKS[hook], max_len=max_len, batch_size=batch_size,
+        token_budget=token_budget, d_model=d_model, progress=progress, desc=f"{fmt} forwards",
+    )
+    nq = len(prepared)
+    options = [o for _, p in prepared for o in p.options]
+    return OptionRun(
+        fmt=fmt,
+        questions=tuple(q for q, _ in prepared),
+        resid=resid.reshape(nq, N_CHOICES, d_model),
+        logprob=logprob.reshape(nq, N_CHOICES),
+        n_tokens=np.array([o.n_tokens for o in options], np.int64).reshape(nq, N_CHOICES),
+        n_chars=np.array([o.n_chars for o in options], np.int64).reshape(nq, N_CHOICES),
+        letter_logits=probe.reshape(nq, N_CHOICES, N_CHOICES)[:, 0] if fmt == "letter" else None,
+        layer=layer,
+        hook=hook,
+        skipped=tuple(skipped),
+        boundary_mismatches=sum(p.boundary_mismatches for _, p in prepared),
+        n_sequences=len(seqs),
+        padded_tokens=padded,
+        seconds=time.perf_counter() - start,
+    )

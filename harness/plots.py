@@ -1,0 +1,123 @@
+"""Report plots (matplotlib, Agg backend): feature accuracy letter vs text, per-subject accuracies, tie rules.
+
+Each function writes one PNG and returns its path; `feature_sections` returns markdown that links them.
+They draw figures computed elsewhere (harness.features) and never recompute a score.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from harness.errors import InputError  # noqa: E402
+from harness.stats import Accuracy  # noqa: E402
+
+GROUP_STYLE = {"top": ("tab:red", "o"), "pursuit": ("tab:blue", "s"), "control": ("tab:gray", "^")}
+CHANCE = 0.25
+
+
+def _save(fig, path: pathlib.Path) -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def accuracy_scatter(acc_x, acc_y, groups: Mapping[str, Sequence[int]], path, *, x_label: str, y_label: str,
+                     title: str) -> pathlib.Path:
+    """All features' accuracy in two formats (grey cloud) with the candidate features marked by group."""
+    x, y = np.asarray(acc_x, float), np.asarray(acc_y, float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise InputError(f"accuracy_scatter: expected two equal 1-D per-feature arrays, got {x.shape} and {y.shape}")
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.scatter(x, y, s=4, c="lightgray", label=f"all {x.size} features", rasterized=True)
+    for group, feats in groups.items():
+        color, marker = GROUP_STYLE.get(group, ("black", "x"))
+        f = np.asarray(list(feats), dtype=int)
+        ax.scatter(x[f], y[f], s=28, c=color, marker=marker, label=f"{group} ({f.size})", edgecolors="black", linewidths=0.4)
+    lo, hi = min(x.min(), y.min(), CHANCE) - 0.02, max(x.max(), y.max(), CHANCE) + 0.02
+    ax.plot([lo, hi], [lo, hi], color="black", lw=0.6, ls=":")
+    ax.axhline(CHANCE, color="black", lw=0.5, ls="--")
+    ax.axvline(CHANCE, color="black", lw=0.5, ls="--")
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel=x_label, ylabel=y_label, title=title)
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, pathlib.Path(path))
+
+
+def subject_accuracies(per_subject: Mapping[str, Mapping[str, Accuracy]], path, *, title: str) -> pathlib.Path:
+    """Accuracy with its Wilson interval per subject, one series per reading/format (e.g. model letter, feature)."""
+    if not per_subject:
+        raise InputError("subject_accuracies: no series to plot")
+    subjects = sorted(set().union(*(s.keys() for s in per_subject.values())))
+    fig, ax = plt.subplots(figsize=(7, max(3.0, 0.22 * len(subjects) + 1)))
+    offsets = np.linspace(-0.25, 0.25, len(per_subject)) if len(per_subject) > 1 else [0.0]
+    for (name, series), dy in zip(per_subject.items(), offsets):
+        ys = [i + dy for i, s in enumerate(subjects) if s in series]
+        accs = [series[s] for s in subjects if s in series]
+        v = np.array([a.value for a in accs])
+        err = np.array([[a.value - a.lo for a in accs], [a.hi - a.value for a in accs]])
+        ax.errorbar(v, ys, xerr=err, fmt="o", ms=3, lw=0.8, capsize=1.5, label=name)
+    ax.axvline(CHANCE, color="black", lw=0.5, ls="--")
+    ax.set_yticks(range(len(subjects)), [f"{s} (n={_n_of(per_subject, s)})" for s in subjects], fontsize=6)
+    ax.set(xlabel="accuracy (95% Wilson)", xlim=(0, 1), title=title)
+    ax.invert_yaxis()
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, pathlib.Path(path))
+
+
+def _n_of(per_subject, subject) -> int:
+    return max(s[subject].n for s in per_subject.values() if subject in s)
+
+
+def tie_rule_difference(acc_share, acc_first, path, *, title: str) -> pathlib.Path:
+    """Histogram over features of tie-to-first minus tie-aware accuracy: what np.argmax's tie rule adds or removes."""
+    share, first = np.asarray(acc_share, float), np.asarray(acc_first, float)
+    if share.shape != first.shape or share.ndim != 1:
+        raise InputError(f"tie_rule_difference: expected two equal 1-D per-feature arrays, got {share.shape} and {first.shape}")
+    d = first - share
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    ax.hist(d, bins=60, color="tab:purple")
+    ax.axvline(0, color="black", lw=0.6)
+    ax.set(xlabel="accuracy(tie-to-first) − accuracy(ties shared)", ylabel="features", yscale="log",
+           title=f"{title}\n{int(np.sum(d != 0))} of {d.size} features change; max |Δ| = {np.max(np.abs(d)):.3f}")
+    return _save(fig, pathlib.Path(path))
+
+
+def markdown_section(heading: str, images: Sequence[pathlib.Path], directory, lines: Sequence[str] = ()) -> str:
+    """A markdown section with `lines` of text and the images linked relative to the report `directory`."""
+    directory = pathlib.Path(directory)
+    body = [f"## {heading}", "", *lines, ""]
+    body += [f"![{p.stem}]({pathlib.Path(p).resolve().relative_to(directory.resolve()).as_posix()})" for p in images]
+    return "\n".join(body) + "\n"
+
+
+def feature_sections(directory, *, letter, text, cloze=None, subjects: Mapping[str, Mapping[str, Accuracy]] | None = None,
+                     label: str = "") -> list[str]:
+    """Draw the feature plots of one question set into `directory`; return markdown sections linking them.
+
+    letter, text, cloze: `harness.features.Analysis` of the same questions, reading and split (held-out scores plotted).
+    """
+    directory = pathlib.Path(directory)
+    tag = f"{label}-" if label else ""
+    groups = {"top": letter.candidates.top, "pursuit": letter.candidates.pursuit, "control": letter.candidates.control}
+    images, lines = [], []
+    for other in [a for a in (text, cloze) if a is not None]:
+        images.append(accuracy_scatter(
+            letter.heldout.share, other.heldout.share, groups, directory / f"{tag}feature-accuracy-letter-vs-{other.fmt}.png",
+            x_label=f"accuracy, letter format ({letter.reading}, held-out n={letter.heldout.n})",
+            y_label=f"accuracy, {other.fmt} format", title=f"{label}: feature accuracy, letter vs {other.fmt}"))
+    best = letter.heldout_accuracy(letter.best)
+    lines.append(f"Feature {letter.best} (chosen on the discovery half, n={letter.discovery.n}): discovery {letter.discovery_max:.3f}"
+                 f" (best of {letter.discovery.share.size}, inflated by selection), held-out {best.value:.3f}"
+                 f" [{best.lo:.3f}, {best.hi:.3f}] (n={best.n}). Candidates marked: top (red), pursuit (blue), controls (grey).")
+    images.append(tie_rule_difference(letter.heldout.share, letter.heldout.first, directory / f"{tag}tie-rule-difference.png",
+                                      title=f"{label}: tie-to-first vs ties shared ({letter.reading}, letter)"))
+    if subjects:
+        images.append(subject_accuracies(subjects, directory / f"{tag}subject-accuracies.png", title=f"{label}: accuracy per subject"))
+    return [markdown_section(f"Features: {label}" if label else "Features", images, directory, lines)]

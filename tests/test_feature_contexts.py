@@ -1,0 +1,148 @@
+"""The context finder: a PLANTED feature (an SAE direction that fires on a known token pattern) is found on top
+and shows in its dashboard; feature readings match the SAE's own encode; padding in batched forwards changes nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from checkpoints import tiny_gguf
+from harness import dashboards
+from harness import feature_contexts as FC
+from harness.model import capture, forms
+from harness.model.gguf_reader import read_gguf
+from harness.sae import sae as sae_lib
+
+D, D_SAE, PLANTED = 16, 12, 11
+PATTERN = (3, 7)  # the planted feature fires on token 7 right after token 3
+
+
+def small_sae(architecture: str = "relu", seed: int = 0) -> sae_lib.SAEParams:
+    """A random SAE whose last feature reads the unit direction e_0 with a threshold of 1 (bias -1)."""
+    rng = np.random.default_rng(seed)
+    W_enc = rng.normal(0, 0.1, (D, D_SAE)).astype(np.float32)
+    W_enc[:, PLANTED] = 0.0
+    W_enc[0, PLANTED] = 1.0
+    b_enc = np.full(D_SAE, -0.05, np.float32)
+    b_enc[PLANTED] = -1.0
+    extra = {}
+    if architecture == "gated":
+        extra = dict(mag_scale=jnp.ones(D_SAE), b_mag=jnp.asarray(b_enc))
+    if architecture == "jumprelu":
+        extra = dict(threshold=jnp.full(D_SAE, 0.01))
+    return sae_lib.SAEParams(W_enc=jnp.asarray(W_enc), b_enc=jnp.asarray(b_enc),
+                             W_dec=jnp.asarray(rng.normal(0, 0.3, (D_SAE, D)).astype(np.float32)),
+                             b_dec=jnp.zeros(D), architecture=architecture, k=3 if architecture == "topk" else None,
+                             **extra)
+
+
+def synthetic_residuals(tokens: np.ndarray, rng) -> np.ndarray:
+    """Noise everywhere; + (2 + u)·e_0 where the pattern ends (token 7 after 3), so the planted feature fires there."""
+    x = rng.normal(0, 0.1, tokens.shape + (D,)).astype(np.float32)
+    hit = np.zeros(tokens.shape, bool)
+    hit[..., 1:] = (tokens[..., :-1] == PATTERN[0]) & (tokens[..., 1:] == PATTERN[1])
+    x[hit, 0] += 2.0 + rng.uniform(0, 1, hit.sum())
+    return x, hit
+
+
+def _sets(params, rng, *, plant_in_answers: bool):
+    plain = rng.integers(10, 50, (40, 32))
+    plain[:6, 10:12] = PATTERN  # six plain-text sequences carry the pattern
+    x, hit = synthetic_residuals(plain, rng)
+    acts = FC.feature_values(params, x, [PLANTED])[..., 0]
+    plain_set = FC.plain_token_set(plain, list(acts), note="synthetic")
+    mc_ids, mc_acts, counted, answer = [], [], [], []
+    for q in range(10):
+        ctx = rng.integers(10, 50, 20)
+        for k in range(4):
+            seq = np.concatenate([ctx, [PATTERN[0], PATTERN[1]] if (plant_in_answers and k == 0) else rng.integers(10, 50, 2)])
+            xs, _ = synthetic_residuals(seq, rng)
+            mc_ids.append(seq)
+            mc_acts.append(FC.feature_values(params, xs, [PLANTED])[:, 0])
+            c = np.zeros(seq.size, bool)
+            c[1 if k == 0 else 20:] = True
+            a = np.zeros(seq.size, bool)
+            a[-1] = True
+            counted.append(c), answer.append(a)
+    mc = FC.MCSequences(ids=tuple(mc_ids), counted=tuple(counted), answer=tuple(answer),
+                        labels=tuple(f"q{i // 4} option {'ABCD'[i % 4]}" for i in range(40)), skipped=(), fmt="letter")
+    return plain_set, FC.mc_token_set(mc, mc_acts), int(hit.any(axis=1).sum())
+
+
+@pytest.mark.parametrize("architecture", ["relu", "gated", "jumprelu", "topk"])
+def test_feature_values_equal_the_saes_own_encode(architecture):
+    params = small_sae(architecture)
+    x = np.random.default_rng(1).normal(0, 1, (5, 7, D)).astype(np.float32)
+    full = np.asarray(sae_lib.encode(params, x))
+    feats = [0, 4, PLANTED]
+    np.testing.assert_allclose(FC.feature_values(params, x, feats), full[..., feats], rtol=1e-5, atol=1e-6)
+    dec = x @ np.asarray(params.W_dec)[feats].T
+    np.testing.assert_allclose(FC.feature_values(params, x, feats, reading="decoder"), dec, rtol=1e-4, atol=1e-5)
+
+
+def test_topk_ties_at_the_kth_value_go_to_the_lowest_index_as_in_encode():
+    params = dataclasses.replace(small_sae("topk"), W_enc=jnp.zeros((D, D_SAE)), b_enc=jnp.ones(D_SAE))
+    x = np.ones((2, D), np.float32)
+    np.testing.assert_array_equal(FC.feature_values(params, x, range(D_SAE)), np.asarray(sae_lib.encode(params, x)))
+
+
+def test_a_planted_feature_is_found_on_its_pattern_and_tops_the_dashboard(tmp_path):
+    rng = np.random.default_rng(0)
+    plain, mc, n_planted = _sets(small_sae(), rng, plant_in_answers=False)
+    top = FC.pooled_top([plain, mc], 10)
+    decode = lambda t: f"<{t}>"  # noqa: E731
+    ctxs = FC.contexts([plain, mc], top, decode)
+    # exactly the planted sequences come first, each peaking on the pattern's second token
+    assert n_planted == 6
+    assert all(c.origin == FC.PLAIN and c.tokens[c.peak] == f"<{PATTERN[1]}>" and c.tokens[c.peak - 1] == f"<{PATTERN[0]}>"
+               for c in ctxs[:n_planted])
+    assert all(c.value == 0 for c in ctxs[n_planted:])
+    fire = FC.firing([plain, mc], feature=PLANTED, reading="encoder", top_n=n_planted)
+    assert fire.answer_share_top == 0.0 and fire.plain_share_top == 1.0
+    assert fire.max[FC.PLAIN] > 2.0 - 0.5 and fire.max[FC.ANSWER] == 0.0 and fire.max_ratio == float("inf")
+
+    study = FC.FeatureStudy(feature=PLANTED, reading="encoder", sets=(plain, mc), firing=fire, contexts=tuple(ctxs[:n_planted]))
+    html_path, md_path = dashboards.write_dashboard(dashboards.dashboard_of(study, profile="test"), tmp_path)
+    page = html_path.read_text()
+    first_row = page.split("<tr><td>1</td>", 1)[1].split("</tr>", 1)[0]
+    assert "plain text" in first_row and f"&lt;{PATTERN[1]}&gt;</span>" in first_row and "outline" in first_row
+    assert "**[<7>]**" in md_path.read_text()
+
+
+def test_when_the_pattern_sits_at_the_answer_positions_the_share_says_so():
+    rng = np.random.default_rng(1)
+    plain, mc, n_planted = _sets(small_sae(), rng, plant_in_answers=True)
+    fire = FC.firing([plain, mc], feature=PLANTED, reading="encoder", top_n=n_planted + 10)
+    # 6 planted plain sequences + 10 planted answer positions: the 16 contexts that fire
+    assert fire.top_origins[FC.ANSWER] == 10 and fire.top_origins[FC.PLAIN] == 6
+    assert fire.answer_share_top == pytest.approx(10 / 16)
+    assert fire.n_positions[FC.ANSWER] == 40
+    # counted: plain 40 x 31 (BOS left out); option A 21 positions (context + 2), options B-D their 2 continuation tokens
+    assert fire.answer_base_rate == pytest.approx(40 / (40 * 31 + 10 * 21 + 30 * 2))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fc") / "tiny.gguf"
+    tiny_gguf(path, arch="llama", n_layers=2, seed=3)
+    ck = read_gguf(path)
+    return ck, forms.build_model(ck, form=forms.Form.SCAN)
+
+
+def test_batched_padded_activations_equal_one_sequence_at_a_time(tiny):
+    ck, model = tiny
+    d = ck.config.d_model
+    rng = np.random.default_rng(0)
+    params = sae_lib.SAEParams(W_enc=jnp.asarray(rng.normal(0, 1, (d, 6)), jnp.float32), b_enc=jnp.zeros(6),
+                               W_dec=jnp.asarray(rng.normal(0, 1, (6, d)), jnp.float32), b_dec=jnp.zeros(d))
+    seqs = [rng.integers(3, ck.config.vocab_size, n) for n in (4, 11, 7, 30, 2)]
+    got = FC.sequence_activations(model, params, [1, 5], seqs, layer=1, hook="resid_pre",
+                                  max_context=ck.config.max_context, batch_size=2)
+    for i, s in enumerate(seqs):
+        r = np.asarray(capture.residual(model, s[None], layer=1, where="pre", max_context=ck.config.max_context))[0]
+        expected = np.maximum(r @ np.asarray(params.W_enc)[:, [1, 5]], 0)
+        np.testing.assert_allclose(got[1][i], expected[:, 0], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got[5][i], expected[:, 1], rtol=1e-4, atol=1e-4)

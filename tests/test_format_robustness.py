@@ -1,0 +1,129 @@
+"""Format robustness (C2b): rotations move the answer key, a model that always picks "B" gets the accuracy the
+rotated key predicts, position bias and the pick test see it; the readout from the last block equals the logits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from checkpoints import tiny_gguf
+from harness import format_robustness as FR
+from harness import prompts
+from harness.data.records import MCQuestion
+from harness.errors import InputError
+from harness.model import capture, forms
+from harness.model.gguf_reader import read_gguf
+from harness.model.tokenizer import ChatTokenizer
+
+
+def _questions(n: int, seed: int = 0) -> tuple[MCQuestion, ...]:
+    rng = np.random.default_rng(seed)
+    return tuple(MCQuestion(question=f"question {i}?", choices=tuple(f"q{i} choice {k}" for k in range(4)),
+                            answer=int(rng.integers(0, 4)), subject="s", source="test", qid=f"t{i}") for i in range(n))
+
+
+def always(letter_index: int):
+    """A stub scorer: the given option always has the largest score (e.g. 1 = "B")."""
+
+    def score(questions, shift):
+        s = np.zeros((len(questions), 4))
+        s[:, letter_index] = 1.0
+        return s
+
+    return score
+
+
+def knows_the_answer(questions, shift):
+    """A stub scorer that reads the correct answer's text (ends with the original index == answer)."""
+    return np.array([[1.0 if c == q.choices[q.answer] else 0.0 for c in q.choices] for q in questions])
+
+
+@given(st.integers(0, 3), st.integers(0, 7))
+def test_rotation_moves_the_answer_text_with_the_key(answer, shift):
+    q = MCQuestion(question="q?", choices=("a", "b", "c", "d"), answer=answer, subject="s", source="t", qid="x")
+    r = FR.rotate(q, shift)
+    assert r.choices[r.answer] == q.choices[q.answer]
+    assert sorted(r.choices) == sorted(q.choices)
+    assert FR.rotate(FR.rotate(q, shift), 4 - shift % 4).choices == q.choices
+
+
+def test_a_model_that_always_picks_b_gets_the_share_of_b_answers_in_each_rotation():
+    qs = _questions(200, seed=3)
+    study = FR.rotation_study(qs, always(1), name="always-B")
+    original = np.array([q.answer for q in qs])
+    for shift, acc in zip(FR.SHIFTS, study.accuracy):
+        assert acc.value == pytest.approx(np.mean((original + shift) % 4 == 1))
+        assert acc.n == 200
+    assert [a.value for a in study.by_position] == [0.0, 1.0, 0.0, 0.0]
+    assert study.picks == (0.0, 800.0, 0.0, 0.0)
+    assert study.key == (200, 200, 200, 200)
+    assert study.test.pvalue < 1e-100
+    expected = [np.mean((original + s) % 4 == 1) for s in FR.SHIFTS]
+    assert FR.rotation_spread(study).value == pytest.approx(max(expected) - min(expected))
+
+
+def test_a_model_that_reads_the_answer_is_robust_and_picks_like_the_key():
+    study = FR.rotation_study(_questions(60), knows_the_answer, name="oracle")
+    assert [a.value for a in study.accuracy] == [1.0] * 4
+    assert study.spread == 0.0
+    assert FR.pick_distribution_p(study).value == pytest.approx(1.0)
+
+
+def test_a_question_unscored_in_one_rotation_is_left_out_of_all_and_counted():
+    def score(questions, shift):
+        s = always(1)(questions, shift)
+        if shift == 2:
+            s[0] = np.nan
+        return s
+
+    study = FR.rotation_study(_questions(10), score, name="one-missing")
+    assert study.n == 9 and study.n_unscored == 1
+    assert all(a.n == 9 for a in study.accuracy)
+
+
+def test_a_scorer_returning_the_wrong_shape_is_an_input_error():
+    with pytest.raises(InputError, match="shape"):
+        FR.rotation_study(_questions(5), lambda qs, s: np.zeros((len(qs), 3)), name="bad")
+
+
+def test_variant_spread_needs_the_same_questions():
+    from harness.stats import Accuracy
+
+    a, b = Accuracy.from_credit([1, 0, 0, 1]), Accuracy.from_credit([1, 1, 1, 0])
+    assert FR.variant_spread({"x": a, "y": b}).value == pytest.approx(0.25)
+    with pytest.raises(InputError, match="numbers of questions"):
+        FR.variant_spread({"x": a, "y": Accuracy.from_credit([1, 0])})
+
+
+def test_the_original_variant_renders_the_harness_letter_prompt():
+    from checkpoints import word_level_tokenizer
+
+    template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>\n{% endfor %}"
+                "{% if add_generation_prompt %}<assistant>{% endif %}")
+    tok = ChatTokenizer(tokenizer=word_level_tokenizer(8), chat_template=template, bos_token=None, eos_token=None,
+                        add_bos=False)
+    for q in _questions(3):
+        assert FR.variant_context(tok, q, FR.VARIANT_BY_NAME["paren-open"]) == prompts.context_text(tok, q, "letter")
+        dot = FR.variant_context(tok, q, FR.VARIANT_BY_NAME["dot-space"])
+        assert dot.endswith("Answer:") and f"\nA. {q.choices[0]}\n" in dot
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fr") / "tiny.gguf"
+    tiny_gguf(path, arch="llama", n_layers=2, seed=7)
+    ck = read_gguf(path)
+    return ck, forms.build_model(ck, form=forms.Form.SCAN)
+
+
+def test_logits_read_out_from_the_last_block_equal_the_full_forward(tiny):
+    ck, model = tiny
+    rng = np.random.default_rng(0)
+    contexts = [list(rng.integers(3, ck.config.vocab_size, size=n)) for n in (5, 9, 3, 12)]
+    probes = [list(rng.choice(ck.config.vocab_size, size=4, replace=False)) for _ in contexts]
+    got = FR.next_token_logits(model, ck, contexts, probes, batch_size=2)
+    for c, p, g in zip(contexts, probes, got):
+        full = np.asarray(capture.logits(model, np.array([c]), max_context=ck.config.max_context))[0, -1]
+        np.testing.assert_allclose(g, full[p], rtol=1e-4, atol=1e-4)
