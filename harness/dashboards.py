@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from harness.errors import InputError  # noqa: E402
-from harness.feature_contexts import ANSWER, MC, ORIGINS, PLAIN, Context, FeatureStudy, TokenSet  # noqa: E402
+from harness.feature_contexts import ORIGINS, PLAIN, Context, FeatureStudy, TokenSet  # noqa: E402
 from harness.format_robustness import unembedding  # noqa: E402
 from harness.sae import sae as sae_lib  # noqa: E402
 
@@ -61,7 +61,7 @@ def histogram_png(sets: Sequence[TokenSet], *, feature: int, reading: str) -> by
     values = {o: [] for o in ORIGINS}
     for s in sets:
         for o in ORIGINS:
-            if (o == "plain text") == (s.name == "plain text"):
+            if (o == PLAIN) == (s.name == PLAIN):
                 values[o].append(s.values(o))
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     allv = np.concatenate([np.concatenate(v) for v in values.values() if v]) if any(values.values()) else np.zeros(1)

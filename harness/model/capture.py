@@ -7,6 +7,7 @@ hidden_states[L + 1]. A forward that only needs the residual stops at that layer
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Literal
 
@@ -22,6 +23,8 @@ from harness.model.forms import LAYER_AXIS
 Where = Literal["pre", "post"]
 # Axis names of token inputs and of the activations returned here, in this order.
 BATCH, SEQ, EMBEDDING, VOCAB = "batch", "seq", "embedding", "vocabulary"
+KV_SEQ = "kv_seq"  # penzai's key axis in attention logits
+SEGMENTS = "token_segments"  # side input of a packed batch: 0 shared prefix, k > 0 continuation k, -1 padding
 
 
 def _parts(model: model_parts.TransformerLM):
@@ -79,71 +82,136 @@ def _named_tokens(tokens) -> pz.nx.NamedArray:
     return pz.nx.wrap(jnp.asarray(tokens, jnp.int32)).tag(BATCH, SEQ)
 
 
-def _residual(model, tokens, n_blocks: int):
+@pz.pytree_dataclass
+class ApplySegmentCausalMask(pz.nn.Layer):
+    """Causal mask for packed sequences: a token attends to earlier tokens of its own segment and of
+    the shared prefix (segment 0); padding (segment -1) is never attended to.
+
+    Replaces penzai's position-based causal mask when several continuations share one prefix and
+    therefore share positions (`packing.pack_shared_prefix`).
+    """
+
+    masked_out_value: jax.typing.ArrayLike
+    window: int | None = dataclasses.field(default=None, metadata={"pytree_node": False})
+
+    def __call__(self, x: pz.nx.NamedArray, **side_inputs) -> pz.nx.NamedArray:
+        segments, positions = side_inputs[SEGMENTS], side_inputs["token_positions"]
+        n = segments.named_shape[SEQ]
+        k_segments = segments.untag(SEQ).tag(KV_SEQ)
+        mask = (pz.nx.arange(KV_SEQ, n) <= pz.nx.arange(SEQ, n)) & (k_segments >= 0)
+        mask = mask & ((k_segments == 0) | (k_segments == segments))
+        if self.window is not None:
+            mask = mask & (positions - positions.untag(SEQ).tag(KV_SEQ) < self.window)
+        return pz.nx.nmap(jnp.where)(mask, x, self.masked_out_value)
+
+
+def _segment_masked(model):
+    """The model with every causal attention mask replaced by ApplySegmentCausalMask."""
+    return (
+        pz.select(model)
+        .at_instances_of(pz.nn.ApplyCausalAttentionMask | pz.nn.ApplyCausalSlidingWindowAttentionMask)
+        .apply(lambda m: ApplySegmentCausalMask(m.masked_out_value, getattr(m, "sliding_window_size", None)))
+    )
+
+
+def _side_inputs(tokens, positions, segments) -> dict:
+    if positions is None:
+        return {"token_positions": pz.nx.arange(SEQ, tokens.shape[1])}
+    side = {"token_positions": pz.nx.wrap(jnp.asarray(positions, jnp.int32)).tag(BATCH, SEQ)}
+    side[SEGMENTS] = pz.nx.wrap(jnp.asarray(segments, jnp.int32)).tag(BATCH, SEQ)
+    return side
+
+
+def _residual(model, tokens, n_blocks: int, side: dict):
     prefix, blocks, _ = _parts(model)
-    positions = pz.nx.arange(SEQ, tokens.shape[1])
     x = _named_tokens(tokens)
     for layer in [*prefix, *_block_range(blocks, 0, n_blocks)]:
-        x = layer(x, token_positions=positions)
+        x = layer(x, **side)
     return x
 
 
-def _logits_from(model, resid, start_block: int):
+def _logits_from(model, resid, start_block: int, side: dict):
     _, blocks, suffix = _parts(model)
-    positions = pz.nx.arange(SEQ, resid.named_shape[SEQ])
     x = resid
     for layer in [*_block_range(blocks, start_block, n_layers(model)), *suffix]:
-        x = layer(x, token_positions=positions)
+        x = layer(x, **side)
     return x
+
+
+def _prepared(model, tokens, positions, segments):
+    side = _side_inputs(tokens, positions, segments)
+    return (model if positions is None else _segment_masked(model)), side
 
 
 @jax.jit
-def _logits(model, tokens):
-    return _residual_and_logits(model, tokens, 0)[1].unwrap(BATCH, SEQ, VOCAB)
+def _logits(model, tokens, positions=None, segments=None):
+    return _residual_and_logits(model, tokens, 0, positions, segments)[1].unwrap(BATCH, SEQ, VOCAB)
 
 
 @functools.partial(jax.jit, static_argnames="n_blocks")
-def _resid_only(model, tokens, n_blocks):
-    return _residual(model, tokens, n_blocks).unwrap(BATCH, SEQ, EMBEDDING)
+def _resid_only(model, tokens, n_blocks, positions=None, segments=None):
+    model, side = _prepared(model, tokens, positions, segments)
+    return _residual(model, tokens, n_blocks, side).unwrap(BATCH, SEQ, EMBEDDING)
 
 
 @functools.partial(jax.jit, static_argnames="n_blocks")
-def _resid_and_logits_jit(model, tokens, n_blocks):
-    resid, logits = _residual_and_logits(model, tokens, n_blocks)
+def _resid_and_logits_jit(model, tokens, n_blocks, positions=None, segments=None):
+    resid, logits = _residual_and_logits(model, tokens, n_blocks, positions, segments)
     return resid.unwrap(BATCH, SEQ, EMBEDDING), logits.unwrap(BATCH, SEQ, VOCAB)
 
 
-def _residual_and_logits(model, tokens, n_blocks):
-    resid = _residual(model, tokens, n_blocks)
-    return resid, _logits_from(model, resid, n_blocks)
+def _residual_and_logits(model, tokens, n_blocks, positions, segments):
+    model, side = _prepared(model, tokens, positions, segments)
+    resid = _residual(model, tokens, n_blocks, side)
+    return resid, _logits_from(model, resid, n_blocks, side)
 
 
-def logits(model, tokens: np.ndarray, *, max_context: int) -> jax.Array:
-    """Logits [batch, seq, vocabulary] of a full forward (jit-compiled, params frozen)."""
+def _check_packing(tokens, positions, segments):
+    """Packed inputs come as a pair of integer arrays shaped like the tokens, or not at all."""
+    if (positions is None) != (segments is None):
+        raise InputError("positions and segments: pass both (a packed batch) or neither")
+    for name, arr in (("positions", positions), ("segments", segments)):
+        if arr is not None and np.shape(arr) != tokens.shape:
+            raise InputError(f"{name}: expected shape {tokens.shape} like the tokens, got {np.shape(arr)}")
+
+
+def logits(model, tokens: np.ndarray, *, max_context: int, positions=None, segments=None) -> jax.Array:
+    """Logits [batch, seq, vocabulary] of a full forward (jit-compiled, params frozen).
+
+    `positions`/`segments` ([batch, seq] ints) run a packed batch: see ApplySegmentCausalMask.
+    """
     tokens = np.asarray(tokens)
     check_tokens(tokens, max_context)
-    return _logits(pz.freeze_params(model), tokens)
+    _check_packing(tokens, positions, segments)
+    return _logits(pz.freeze_params(model), tokens, positions, segments)
 
 
-def residual(model, tokens: np.ndarray, *, layer: int, where: Where = "pre", max_context: int) -> jax.Array:
+def residual(
+    model, tokens: np.ndarray, *, layer: int, where: Where = "pre", max_context: int, positions=None, segments=None
+) -> jax.Array:
     """Residual stream [batch, seq, embedding] at `layer`; the forward stops there."""
     tokens = np.asarray(tokens)
     check_tokens(tokens, max_context)
-    return _resid_only(pz.freeze_params(model), tokens, check_layer(model, layer, where))
+    _check_packing(tokens, positions, segments)
+    return _resid_only(pz.freeze_params(model), tokens, check_layer(model, layer, where), positions, segments)
 
 
 def residual_and_logits(
-    model, tokens: np.ndarray, *, layer: int, where: Where = "pre", max_context: int
+    model, tokens: np.ndarray, *, layer: int, where: Where = "pre", max_context: int, positions=None, segments=None
 ) -> tuple[jax.Array, jax.Array]:
     """(residual [batch, seq, embedding] at `layer`, logits [batch, seq, vocabulary]) in one forward."""
     tokens = np.asarray(tokens)
     check_tokens(tokens, max_context)
-    return _resid_and_logits_jit(pz.freeze_params(model), tokens, check_layer(model, layer, where))
+    _check_packing(tokens, positions, segments)
+    return _resid_and_logits_jit(
+        pz.freeze_params(model), tokens, check_layer(model, layer, where), positions, segments
+    )
 
 
 @functools.partial(jax.jit, static_argnames="start_block")
 def _logits_from_jit(model, resid, start_block):
-    return _logits_from(model, pz.nx.wrap(resid).tag(BATCH, SEQ, EMBEDDING), start_block).unwrap(BATCH, SEQ, VOCAB)
+    side = _side_inputs(resid, None, None)
+    return _logits_from(model, pz.nx.wrap(resid).tag(BATCH, SEQ, EMBEDDING), start_block, side).unwrap(BATCH, SEQ, VOCAB)
 
 
 def logits_from_residual(model, resid, *, layer: int, where: Where = "pre") -> jax.Array:
