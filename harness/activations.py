@@ -14,10 +14,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from harness.data.records import N_CHOICES, MCQuestion
 from harness.errors import InputError
 from harness.model import capture
+from harness.model.packing import pack_shared_prefix, stack_rows
+from harness.model.parallel import batch_multiple
 from harness.prompts import PromptTooLong, QuestionPrompts, build_prompts, check_format, letter_token_ids
 
 HOOKS = {"resid_pre": "pre", "resid_post": "post"}
@@ -79,8 +82,12 @@ def bucket_length(length: int, max_len: int) -> int:
     return max_len
 
 
-def plan_batches(lengths: list[int], *, max_len: int, batch_size: int, token_budget: int) -> list[tuple[int, int, list[int]]]:
-    """[(padded length, rows, sequence indices)]: length-sorted, rows fixed per bucket so each shape compiles once."""
+def plan_batches(lengths: list[int], *, max_len: int, batch_size: int, token_budget: int,
+                 multiple: int = 1) -> list[tuple[int, int, list[int]]]:
+    """[(padded length, rows, sequence indices)]: length-sorted, rows fixed per bucket so each shape compiles once.
+
+    Rows are a multiple of `multiple` (the device count) so that a batch splits evenly over the devices.
+    """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     by_bucket: dict[int, list[int]] = {}
     for i in order:
@@ -88,6 +95,7 @@ def plan_batches(lengths: list[int], *, max_len: int, batch_size: int, token_bud
     plan = []
     for length, members in sorted(by_bucket.items()):
         rows = max(1, min(batch_size, token_budget // length))
+        rows = max(multiple, rows - rows % multiple)
         plan.extend((length, rows, members[k : k + rows]) for k in range(0, len(members), rows))
     return plan
 
@@ -147,6 +155,70 @@ def run_sequences(model, seqs: list[_Seq], *, layer: int, where: str, max_len: i
     return resid, logprob, probe, padded
 
 
+@jax.jit
+def _gather_packed(resid, logits, score_pos, pred_idx, target_ids, target_opt):
+    """Per packed row: residuals at the 4 scored positions, and each option's summed log-prob.
+
+    `logits` [batch, k, vocab] were computed at the predictor positions only; `pred_idx`, `target_ids`,
+    `target_opt` [batch, T] say which of the k logit rows predicts which token of which option (-1: padding).
+    """
+    scored = jnp.take_along_axis(resid, score_pos[..., None], axis=1)                      # [batch, 4, embedding]
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)                        # [batch, k, vocab]
+    picked = jnp.take_along_axis(jnp.take_along_axis(logp, pred_idx[..., None], axis=1), target_ids[..., None], axis=2)[..., 0]
+    onehot = target_opt[..., None] == jnp.arange(N_CHOICES)                               # [batch, T, 4]
+    logprob = jnp.sum(jnp.where(onehot, picked[..., None], 0.0), axis=1)                   # [batch, 4]
+    return scored.astype(jnp.float32), logprob
+
+
+def run_packed(model, prompts: list[QuestionPrompts], *, layer: int, where: str, max_len: int, token_budget: int,
+               d_model: int, batch_multiple: int, progress: bool, desc: str):
+    """The packed path: each question's 4 continuations after one shared context in one row (see harness.model.packing).
+
+    Returns (resid [q, 4, embedding], logprob [q, 4], letter logits [q, 4] or NaN, padded tokens).
+    """
+    nq = len(prompts)
+    rows = [pack_shared_prefix(p.options[0].ids[: p.options[0].cont_start], [o.ids[o.cont_start :] for o in p.options])
+            for p in prompts]
+    resid = np.zeros((nq, N_CHOICES, d_model), np.float32)
+    logprob = np.zeros((nq, N_CHOICES), np.float64)
+    probe = np.full((nq, N_CHOICES), np.nan, np.float32)
+    plan = plan_batches([len(r.ids) for r in rows], max_len=max(BUCKETS[-1], max_len), batch_size=token_budget,
+                        token_budget=token_budget, multiple=batch_multiple)
+    padded = 0
+    bar = tqdm(total=nq, desc=desc, unit="question", leave=False, disable=not progress)
+    for length, n_rows, members in plan:
+        ids, positions, segments = stack_rows([rows[i] for i in members], length, pad_id=PAD_ID)
+        ids, positions, segments = (np.concatenate([a, np.repeat(a[-1:], n_rows - len(members), 0)]) for a in (ids, positions, segments))
+        n_pred = max(sum(rows[i].lengths) for i in members)
+        pred_pos = np.zeros((n_rows, n_pred), np.int32)   # row index (in the packed row) of each predictor
+        target_ids = np.zeros((n_rows, n_pred), np.int32)
+        target_opt = np.full((n_rows, n_pred), -1, np.int32)
+        score_pos = np.zeros((n_rows, N_CHOICES), np.int32)
+        for r, i in enumerate(members):
+            row, k = rows[i], 0
+            score_pos[r] = row.last
+            for o in range(N_CHOICES):
+                pred, tgt = row.predictors(o), row.targets(o)
+                pred_pos[r, k : k + len(pred)], target_ids[r, k : k + len(pred)], target_opt[r, k : k + len(pred)] = pred, tgt, o
+                k += len(pred)
+        # Every position is within the context (build_prompts checked each option); the packed row may be longer.
+        r_all, logits = capture.residual_and_logits(model, ids, layer=layer, where=where, max_context=length,
+                                                    positions=positions, segments=segments, logit_positions=pred_pos)
+        pred_idx = np.broadcast_to(np.arange(n_pred, dtype=np.int32), (n_rows, n_pred))
+        got_resid, got_logprob = (np.asarray(g) for g in _gather_packed(r_all, logits, score_pos, pred_idx, target_ids, target_opt))
+        k = len(members)
+        resid[members], logprob[members] = got_resid[:k], got_logprob[:k]
+        # The letter logits are read at the end of the shared context: every option's first predictor.
+        first = np.asarray(logits)[:k, 0]                                                   # [k, vocab]
+        for r, i in enumerate(members):
+            if prompts[i].fmt == "letter":
+                probe[i] = first[r, list(letter_token_ids(prompts[i]))]
+        padded += n_rows * length
+        bar.update(k)
+    bar.close()
+    return resid, logprob, probe, padded
+
+
 def prepare(tokenizer, questions, *, fmt: str, max_len: int) -> tuple[list[tuple[MCQuestion, QuestionPrompts]], list[tuple[str, str]]]:
     """Prompts of each question, and (qid, reason) of those too long to run (counted, never truncated)."""
     kept, skipped = [], []
@@ -159,9 +231,11 @@ def prepare(tokenizer, questions, *, fmt: str, max_len: int) -> tuple[list[tuple
 
 
 def collect(model, checkpoint, questions, *, fmt: str, layer: int, hook: str = "resid_pre", batch_size: int = 16,
-            progress: bool = True, max_len: int | None = None, token_budget: int = 4096) -> OptionRun:
+            progress: bool = True, max_len: int | None = None, token_budget: int = 4096, packed: bool = True) -> OptionRun:
     """Run every option sequence of `questions` in format `fmt`; see OptionRun for what comes back.
 
+    `packed` (default) scores a question's 4 options in one row over their shared context (run_packed);
+    `packed=False` runs 4 separate sequences per question, as the original did — the same numbers, 2–4× the cost.
     `max_len` (default: the model's context) bounds a sequence; `token_budget` bounds rows × padded length per batch.
     """
     check_format(fmt)
@@ -173,18 +247,26 @@ def collect(model, checkpoint, questions, *, fmt: str, layer: int, hook: str = "
         raise InputError(f"batch_size={batch_size}, token_budget={token_budget}: expected positive integers")
     start = time.perf_counter()
     prepared, skipped = prepare(checkpoint.tokenizer, tuple(questions), fmt=fmt, max_len=max_len)
-    seqs = []
-    for qi, (_, prompts) in enumerate(prepared):
-        probe = letter_token_ids(prompts) if fmt == "letter" else ()
-        for oi, option in enumerate(prompts.options):
-            seqs.append(_Seq(index=qi * N_CHOICES + oi, ids=option.ids, cont_start=option.cont_start,
-                             probe=probe if oi == 0 else ()))
-    d_model = checkpoint.config.d_model
-    resid, logprob, probe, padded = run_sequences(
-        model, seqs, layer=layer, where=HOOKS[hook], max_len=max_len, batch_size=batch_size,
-        token_budget=token_budget, d_model=d_model, progress=progress, desc=f"{fmt} forwards",
-    )
-    nq = len(prepared)
+    d_model, nq = checkpoint.config.d_model, len(prepared)
+    if packed:
+        resid, logprob, probe, padded = run_packed(
+            model, [p for _, p in prepared], layer=layer, where=HOOKS[hook], max_len=max_len, token_budget=token_budget,
+            d_model=d_model, batch_multiple=batch_multiple(), progress=progress, desc=f"{fmt} packed forwards",
+        )
+        n_sequences = nq
+    else:
+        seqs = []
+        for qi, (_, prompts) in enumerate(prepared):
+            probe = letter_token_ids(prompts) if fmt == "letter" else ()
+            for oi, option in enumerate(prompts.options):
+                seqs.append(_Seq(index=qi * N_CHOICES + oi, ids=option.ids, cont_start=option.cont_start,
+                                 probe=probe if oi == 0 else ()))
+        resid, logprob, probe, padded = run_sequences(
+            model, seqs, layer=layer, where=HOOKS[hook], max_len=max_len, batch_size=batch_size,
+            token_budget=token_budget, d_model=d_model, progress=progress, desc=f"{fmt} forwards",
+        )
+        probe = probe.reshape(nq, N_CHOICES, N_CHOICES)[:, 0]
+        n_sequences = len(seqs)
     options = [o for _, p in prepared for o in p.options]
     return OptionRun(
         fmt=fmt,
@@ -193,12 +275,12 @@ def collect(model, checkpoint, questions, *, fmt: str, layer: int, hook: str = "
         logprob=logprob.reshape(nq, N_CHOICES),
         n_tokens=np.array([o.n_tokens for o in options], np.int64).reshape(nq, N_CHOICES),
         n_chars=np.array([o.n_chars for o in options], np.int64).reshape(nq, N_CHOICES),
-        letter_logits=probe.reshape(nq, N_CHOICES, N_CHOICES)[:, 0] if fmt == "letter" else None,
+        letter_logits=probe if fmt == "letter" else None,
         layer=layer,
         hook=hook,
         skipped=tuple(skipped),
         boundary_mismatches=sum(p.boundary_mismatches for _, p in prepared),
-        n_sequences=len(seqs),
+        n_sequences=n_sequences,
         padded_tokens=padded,
         seconds=time.perf_counter() - start,
     )

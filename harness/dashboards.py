@@ -74,7 +74,10 @@ def histogram_png(sets: Sequence[TokenSet], *, feature: int, reading: str) -> by
         nz = x[x != 0]
         ax.hist(nz, bins=bins, histtype="step", lw=1.4, color=ORIGIN_COLOR[o],
                 label=f"{o}: {nz.size} non-zero of {x.size}")
-    ax.set_yscale("log")
+    if nonzero.size:
+        ax.set_yscale("log")
+    else:
+        ax.text(0.5, 0.5, "the feature is 0 at every position", ha="center", transform=ax.transAxes)
     ax.set(xlabel=f"feature {feature} activation ({reading})", ylabel="positions", title=f"Feature {feature}: activations")
     ax.legend(fontsize=7)
     buf = io.BytesIO()

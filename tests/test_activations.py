@@ -66,10 +66,12 @@ def _unbatched(model, checkpoint, q: MCQuestion, fmt: str, where: str):
 
 
 @pytest.mark.slow  # ~10-25 s: the unpadded reference compiles once per sequence length
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "per-option"])
 @pytest.mark.parametrize("fmt", ["letter", "text", "cloze"])
-def test_batched_collection_equals_one_unpadded_sequence_at_a_time(model, checkpoint, fmt):
+def test_batched_collection_equals_one_unpadded_sequence_at_a_time(model, checkpoint, fmt, packed):
     # batch_size 3 and a small token budget: several buckets, padded rows and more than one batch per bucket
-    run = collect(model, checkpoint, QUESTIONS, fmt=fmt, layer=LAYER, batch_size=3, token_budget=96, progress=False)
+    run = collect(model, checkpoint, QUESTIONS, fmt=fmt, layer=LAYER, batch_size=3, token_budget=96, progress=False,
+                  packed=packed)
     assert run.fmt == fmt and run.questions == QUESTIONS and run.skipped == () and run.boundary_mismatches == 0
     assert run.resid.shape == (3, 4, checkpoint.config.d_model) and run.resid.dtype == np.float32
     np.testing.assert_array_equal(run.answers, [1, 0, 3])

@@ -62,3 +62,15 @@ def test_packing_rejects_empty_pieces_and_half_packed_inputs(checkpoint):
     model = build_model(checkpoint, form=Form.SCAN)
     with pytest.raises(InputError, match="pass both"):
         capture.logits(model, np.zeros((1, 4), np.int32), max_context=64, positions=np.zeros((1, 4), np.int32))
+
+
+def test_logits_at_chosen_positions_equal_the_full_logits_there(checkpoint):
+    model = build_model(checkpoint, form=Form.SCAN)
+    tokens = np.random.default_rng(4).integers(3, checkpoint.config.vocab_size, size=(2, 9))
+    at = np.array([[0, 8, 3], [5, 5, 1]])
+    kw = dict(layer=1, where="pre", max_context=checkpoint.config.max_context)
+    _, full = capture.residual_and_logits(model, tokens, **kw)
+    _, some = capture.residual_and_logits(model, tokens, logit_positions=at, **kw)
+    np.testing.assert_allclose(np.asarray(some), np.take_along_axis(np.asarray(full), at[..., None], axis=1), atol=1e-5)
+    with pytest.raises(InputError, match="logit_positions"):
+        capture.residual_and_logits(model, tokens, logit_positions=np.array([[9], [0]]), **kw)

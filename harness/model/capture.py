@@ -19,6 +19,7 @@ from penzai.models.transformer import model_parts
 
 from harness.errors import InputError
 from harness.model.forms import LAYER_AXIS
+from harness.model.parallel import shard_batch
 
 Where = Literal["pre", "post"]
 # Axis names of token inputs and of the activations returned here, in this order.
@@ -130,10 +131,15 @@ def _residual(model, tokens, n_blocks: int, side: dict):
     return x
 
 
-def _logits_from(model, resid, start_block: int, side: dict):
+def _logits_from(model, resid, start_block: int, side: dict, at=None):
+    """Run the remaining blocks, then the final norm and unembedding — at positions `at` [batch, k] only if given."""
     _, blocks, suffix = _parts(model)
     x = resid
-    for layer in [*_block_range(blocks, start_block, n_layers(model)), *suffix]:
+    for layer in _block_range(blocks, start_block, n_layers(model)):
+        x = layer(x, **side)
+    if at is not None:
+        x = pz.nx.nmap(jnp.take)(x.untag(SEQ), at.untag(SEQ)).tag(SEQ)
+    for layer in suffix:
         x = layer(x, **side)
     return x
 
@@ -155,15 +161,17 @@ def _resid_only(model, tokens, n_blocks, positions=None, segments=None):
 
 
 @functools.partial(jax.jit, static_argnames="n_blocks")
-def _resid_and_logits_jit(model, tokens, n_blocks, positions=None, segments=None):
-    resid, logits = _residual_and_logits(model, tokens, n_blocks, positions, segments)
+def _resid_and_logits_jit(model, tokens, n_blocks, positions=None, segments=None, at=None):
+    resid, logits = _residual_and_logits(model, tokens, n_blocks, positions, segments, at)
     return resid.unwrap(BATCH, SEQ, EMBEDDING), logits.unwrap(BATCH, SEQ, VOCAB)
 
 
-def _residual_and_logits(model, tokens, n_blocks, positions, segments):
+def _residual_and_logits(model, tokens, n_blocks, positions, segments, at=None):
     model, side = _prepared(model, tokens, positions, segments)
     resid = _residual(model, tokens, n_blocks, side)
-    return resid, _logits_from(model, resid, n_blocks, side)
+    if at is not None:
+        at = pz.nx.wrap(jnp.asarray(at, jnp.int32)).tag(BATCH, SEQ)
+    return resid, _logits_from(model, resid, n_blocks, side, at)
 
 
 def _check_packing(tokens, positions, segments):
@@ -183,7 +191,7 @@ def logits(model, tokens: np.ndarray, *, max_context: int, positions=None, segme
     tokens = np.asarray(tokens)
     check_tokens(tokens, max_context)
     _check_packing(tokens, positions, segments)
-    return _logits(pz.freeze_params(model), tokens, positions, segments)
+    return _logits(pz.freeze_params(model), *shard_batch(tokens, positions, segments))
 
 
 def residual(
@@ -193,19 +201,39 @@ def residual(
     tokens = np.asarray(tokens)
     check_tokens(tokens, max_context)
     _check_packing(tokens, positions, segments)
-    return _resid_only(pz.freeze_params(model), tokens, check_layer(model, layer, where), positions, segments)
+    n_blocks = check_layer(model, layer, where)
+    tokens, positions, segments = shard_batch(tokens, positions, segments)
+    return _resid_only(pz.freeze_params(model), tokens, n_blocks, positions, segments)
 
 
 def residual_and_logits(
-    model, tokens: np.ndarray, *, layer: int, where: Where = "pre", max_context: int, positions=None, segments=None
+    model,
+    tokens: np.ndarray,
+    *,
+    layer: int,
+    where: Where = "pre",
+    max_context: int,
+    positions=None,
+    segments=None,
+    logit_positions=None,
 ) -> tuple[jax.Array, jax.Array]:
-    """(residual [batch, seq, embedding] at `layer`, logits [batch, seq, vocabulary]) in one forward."""
+    """(residual [batch, seq, embedding] at `layer`, logits [batch, seq, vocabulary]) in one forward.
+
+    With `logit_positions` ([batch, k] row indices) the unembedding runs at those positions only and
+    the logits are [batch, k, vocabulary] — the vocabulary projection is a fifth of SmolLM2's FLOPs.
+    """
     tokens = np.asarray(tokens)
     check_tokens(tokens, max_context)
     _check_packing(tokens, positions, segments)
-    return _resid_and_logits_jit(
-        pz.freeze_params(model), tokens, check_layer(model, layer, where), positions, segments
-    )
+    if logit_positions is not None:
+        logit_positions = np.asarray(logit_positions)
+        if logit_positions.ndim != 2 or logit_positions.shape[0] != tokens.shape[0]:
+            raise InputError(f"logit_positions: expected [batch={tokens.shape[0]}, k] indices, got {logit_positions.shape}")
+        if logit_positions.size and not 0 <= logit_positions.min() <= logit_positions.max() < tokens.shape[1]:
+            raise InputError(f"logit_positions: indices must lie in 0..{tokens.shape[1] - 1}")
+    n_blocks = check_layer(model, layer, where)
+    tokens, positions, segments, logit_positions = shard_batch(tokens, positions, segments, logit_positions)
+    return _resid_and_logits_jit(pz.freeze_params(model), tokens, n_blocks, positions, segments, logit_positions)
 
 
 @functools.partial(jax.jit, static_argnames="start_block")
