@@ -19,3 +19,5 @@ def pytest_addoption(parser):
     group.addoption("--dataset", default=None, help="comma-separated question sets: mmlu, control, hendrycks:<dir>, truthfulqa")
     group.addoption("--limit", default=None, help="questions per set (a seeded stratified subset); 'all' for the full set")
     group.addoption("--reports-dir", default="reports", help="where the claims report is written")
+    group.addoption("--cache-dir", default=".cache/activations", help="the on-disk activation cache")
+    group.addoption("--clear-cache", action="store_true", help="empty the activation cache before the run")

@@ -17,10 +17,18 @@ from harness.profiles import get_profile
 
 REGISTRY_PATH = pathlib.Path(__file__).with_name("claims.toml")
 _RESULTS = pytest.StashKey[list]()
+_SECTIONS = pytest.StashKey[list]()
 
 
 def pytest_configure(config):
     config.stash[_RESULTS] = []
+    config.stash[_SECTIONS] = []
+
+
+@pytest.fixture(scope="session")
+def report_sections(pytestconfig) -> list[str]:
+    """Markdown sections (plots, dashboards) that claim tests add to reports/<profile>/README.md."""
+    return pytestconfig.stash[_SECTIONS]
 
 
 def _profile_of(config):
@@ -79,7 +87,12 @@ def pytest_terminal_summary(terminalreporter, config):
     terminalreporter.write_line(report.text_table(results))
     profile = _profile_of(config)
     directory = pathlib.Path(config.getoption("--reports-dir")) / profile.name
-    path = report.write_report(results, directory, title=f"Claims on {profile.name}: {profile.description}")
+    sections = list(config.stash[_SECTIONS])
+    if (directory / "compile_time.png").exists():
+        sections.append("## C5: compile time vs layers\n\n![compile time vs layers](compile_time.png)\n")
+    path = report.write_report(
+        results, directory, title=f"Claims on {profile.name}: {profile.description}", sections=sections
+    )
     terminalreporter.write_line(f"report written to {path}")
 
 
@@ -198,17 +211,20 @@ RUN_LIMITS: dict[str, dict[tuple[str, str], int]] = {
 
 
 @pytest.fixture(scope="session")
-def option_runs(pytestconfig, profile, checkpoint, model, question_sets):
+def option_runs(pytestconfig, profile, checkpoint, model, question_sets, activation_cache):
     """option_runs(set name, fmt) -> activations.OptionRun at the profile's layer/hook, computed once per session.
 
     The default profile caps some (set, format) runs to RUN_LIMITS questions (a seeded stratified subset)."""
-    from harness.activations import collect
+    from harness.activations import collect, from_arrays, to_arrays
     from harness.prompts import check_format
 
     from harness.data.subset import stratified_subset
 
+    from harness.activation_cache import code_version, digest_file
+
     cache = {}
     explicit_limit = pytestconfig.getoption("--limit") is not None
+    base_key = {"weights": digest_file(checkpoint.source), "code": code_version()}
 
     def run(name: str, fmt: str):
         check_format(fmt)
@@ -220,9 +236,27 @@ def option_runs(pytestconfig, profile, checkpoint, model, question_sets):
             if cap is not None and cap < len(questions):
                 questions, _ = stratified_subset(questions, cap, seed=profile.seed)
                 print(f"\n{name} {fmt}: CI budget cap, stratified subset n={cap} of {len(question_sets[name][0])}")
-            result = collect(model, checkpoint, questions, fmt=fmt, layer=profile.layer, hook=profile.hook)
+            key = {
+                **base_key, "set": name, "fmt": fmt,
+                "qids": [q.qid for q in questions], "layer": profile.layer, "hook": profile.hook,
+            }
+            arrays = activation_cache.get_or_compute(key, lambda: to_arrays(
+                collect(model, checkpoint, questions, fmt=fmt, layer=profile.layer, hook=profile.hook)))
+            result = from_arrays(arrays, questions, fmt=fmt, layer=profile.layer, hook=profile.hook)
             print(f"\n{name} {result.summary()}")
             cache[(name, fmt)] = result
         return cache[(name, fmt)]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def activation_cache(pytestconfig):
+    """The on-disk activation cache (--cache-dir; --clear-cache empties it first), keyed by weights and code."""
+    from harness.activation_cache import ActivationCache
+
+    cache = ActivationCache(directory=pathlib.Path(pytestconfig.getoption("--cache-dir")))
+    if pytestconfig.getoption("--clear-cache"):
+        print(f"\nactivation cache: cleared {cache.clear()} entries")
+    yield cache
+    print(f"\n{cache.summary()}")

@@ -284,3 +284,32 @@ def collect(model, checkpoint, questions, *, fmt: str, layer: int, hook: str = "
         padded_tokens=padded,
         seconds=time.perf_counter() - start,
     )
+
+
+def to_arrays(run: OptionRun) -> dict[str, np.ndarray]:
+    """An OptionRun as plain arrays (for the activation cache); `from_arrays` inverts it."""
+    arrays = {
+        "resid": run.resid, "logprob": run.logprob, "n_tokens": run.n_tokens, "n_chars": run.n_chars,
+        "qids": np.array([q.qid for q in run.questions]),
+        "skipped": np.array([f"{qid}\t{why}" for qid, why in run.skipped], dtype=str).reshape(-1),
+        "counts": np.array([run.boundary_mismatches, run.n_sequences, run.padded_tokens], np.int64),
+        "seconds": np.array(run.seconds),
+    }
+    if run.letter_logits is not None:
+        arrays["letter_logits"] = run.letter_logits
+    return arrays
+
+
+def from_arrays(arrays: dict[str, np.ndarray], questions, *, fmt: str, layer: int, hook: str) -> OptionRun:
+    """Rebuild an OptionRun of `questions` (the set it was computed on) from `to_arrays` output."""
+    by_qid = {q.qid: q for q in questions}
+    mismatches, n_sequences, padded = (int(x) for x in arrays["counts"])
+    return OptionRun(
+        fmt=fmt,
+        questions=tuple(by_qid[str(qid)] for qid in arrays["qids"]),
+        resid=arrays["resid"], logprob=arrays["logprob"], n_tokens=arrays["n_tokens"], n_chars=arrays["n_chars"],
+        letter_logits=arrays.get("letter_logits"),
+        layer=layer, hook=hook,
+        skipped=tuple(tuple(str(s).split("\t", 1)) for s in arrays["skipped"]),
+        boundary_mismatches=mismatches, n_sequences=n_sequences, padded_tokens=padded, seconds=float(arrays["seconds"]),
+    )
