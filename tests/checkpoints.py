@@ -41,3 +41,12 @@ def write_hf_checkpoint(directory: pathlib.Path, model) -> pathlib.Path:
         json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>"})
     )
     return directory
+
+
+def tiny_checkpoint(tmp_path_factory, *, arch: str = "llama", n_layers: int = 3, seed: int = 0):
+    """A tiny random GGUF written to a fresh temporary folder and read back: the model tests' shared fixture body."""
+    from harness.model.gguf_reader import read_gguf
+
+    path = tmp_path_factory.mktemp(f"tiny-{arch}-{n_layers}-{seed}") / "tiny.gguf"
+    tiny_gguf(path, arch=arch, n_layers=n_layers, seed=seed)
+    return read_gguf(path)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from checkpoints import tiny_gguf
+from checkpoints import tiny_checkpoint
 from harness.activations import bucket_length, collect, plan_batches
 from harness.data.records import MCQuestion
 from harness.errors import InputError
 from harness.model import capture, forms
-from harness.model.gguf_reader import read_gguf
 from harness.prompts import context_text, continuations
 
 N_LAYERS = 3
@@ -32,9 +31,7 @@ QUESTIONS = (
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("activations") / "tiny.gguf"
-    tiny_gguf(path, arch="llama", n_layers=N_LAYERS, seed=3)
-    return read_gguf(path)
+    return tiny_checkpoint(tmp_path_factory, n_layers=N_LAYERS, seed=3)
 
 
 @pytest.fixture(scope="module")

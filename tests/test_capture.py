@@ -6,20 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from checkpoints import tiny_gguf
+from checkpoints import tiny_checkpoint
 from harness.errors import InputError
 from harness.model import capture, forms
 from harness.model.forms import Form
-from harness.model.gguf_reader import read_gguf
 
 N_LAYERS = 3
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("capture") / "tiny.gguf"
-    tiny_gguf(path, arch="llama", n_layers=N_LAYERS, seed=5)
-    return read_gguf(path)
+    return tiny_checkpoint(tmp_path_factory, n_layers=N_LAYERS, seed=5)
 
 
 @pytest.fixture(scope="module")

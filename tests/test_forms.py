@@ -9,20 +9,17 @@ import jax
 import numpy as np
 import pytest
 
-from checkpoints import tiny_gguf
+from checkpoints import tiny_checkpoint
 from harness.errors import InputError
 from harness.model import capture, forms
 from harness.model.forms import Form
-from harness.model.gguf_reader import read_gguf
 
 N_LAYERS = 3
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("forms") / "tiny.gguf"
-    tiny_gguf(path, arch="llama", n_layers=N_LAYERS, seed=3)
-    return read_gguf(path)
+    return tiny_checkpoint(tmp_path_factory, n_layers=N_LAYERS, seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -6,17 +6,14 @@ import pytest
 from harness.errors import InputError
 from harness.model import capture
 from harness.model.forms import Form, build_model
-from harness.model.gguf_reader import read_gguf
 from harness.model.packing import pack_shared_prefix, stack_rows
 
-from checkpoints import tiny_gguf
+from checkpoints import tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("packing") / "tiny.gguf"
-    tiny_gguf(path, arch="llama", n_layers=3, seed=3)
-    return read_gguf(path)
+    return tiny_checkpoint(tmp_path_factory, n_layers=3, seed=3)
 
 
 def _alone(model, checkpoint, ids, layer):

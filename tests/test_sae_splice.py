@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 import scipy.special
 
-from checkpoints import tiny_gguf
+from checkpoints import tiny_checkpoint
 from harness.errors import InputError
 from harness.model import capture, forms
 from harness.model.forms import Form
-from harness.model.gguf_reader import read_gguf
 from harness.profiles import DEFAULT_SAE_DIR
 from harness.sae import splice
 from harness.sae.metrics import ce_loss_recovered, quality_from_arrays
@@ -30,9 +29,7 @@ N_LAYERS, LAYER = 3, 1
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("splice") / "tiny.gguf"
-    tiny_gguf(path, arch="llama", n_layers=N_LAYERS, seed=11)
-    return read_gguf(path)
+    return tiny_checkpoint(tmp_path_factory, n_layers=N_LAYERS, seed=11)
 
 
 @pytest.fixture(scope="module")
