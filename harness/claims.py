@@ -104,10 +104,6 @@ class Result:
     holds: bool
 
     @property
-    def as_expected(self) -> bool:
-        return self.holds == self.claim.expect_holds
-
-    @property
     def verdict(self) -> str:
         if self.holds:
             return "holds" if self.claim.expect_holds else "HOLDS (recorded as false)"

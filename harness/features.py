@@ -29,11 +29,6 @@ SCALES = (0.25, 2.0, 64.0)  # powers of two: exact in floating point, so no tie 
 MONOTONE_MAPS = {"arcsinh": np.arcsinh, "x+x^3": lambda x: x + x ** 3, "2x+1": lambda x: 2 * x + 1}
 
 
-def answers_of(questions) -> np.ndarray:
-    """The answer key [question] (0..3) of a sequence of MCQuestion."""
-    return np.array([q.answer for q in questions], dtype=np.int64)
-
-
 def shared_questions(*qid_lists: Sequence[str]) -> list[np.ndarray]:
     """Index arrays into each list selecting the qids all lists hold, in the first list's order."""
     common = set(qid_lists[0]).intersection(*map(set, qid_lists[1:]))
@@ -89,9 +84,6 @@ class Candidates:
     def all(self) -> tuple[int, ...]:
         """Every candidate once, in group order (top, pursuit, control)."""
         return tuple(dict.fromkeys(self.top + self.pursuit + self.control))
-
-    def group_of(self, feature: int) -> str:
-        return next(g for g in GROUPS if feature in getattr(self, g))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -124,10 +124,6 @@ class FeatureScores:
     def better_first(self) -> np.ndarray:
         return np.maximum(self.first, self.argmin_first)
 
-    @property
-    def better_share(self) -> np.ndarray:
-        return np.maximum(self.share, self.argmin_share)
-
 
 def score_features(resid, answers, params: sae_lib.SAEParams, *, reading: str) -> FeatureScores:
     """Score every SAE feature of one reading, one feature chunk at a time (seconds for 4096 features)."""
