@@ -15,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from harness import scores, stats
@@ -92,20 +90,11 @@ def unembedding(checkpoint) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(w["model.norm.weight"], np.float32), np.asarray(W_U, np.float32)
 
 
-def final_logits(checkpoint, resid_final, token_ids=None) -> np.ndarray:
-    """Logits [..., token] from the last block's output: RMSNorm(x)·g @ W_U[token_ids]ᵀ (all tokens if None)."""
-    g, W_U = unembedding(checkpoint)
-    x = jnp.asarray(resid_final, jnp.float32)
-    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + checkpoint.config.rms_norm_eps) * g
-    W = W_U if token_ids is None else W_U[np.asarray(token_ids)]
-    return np.asarray(x @ W.T)
-
-
 def next_token_logits(model, checkpoint, contexts: Sequence[Sequence[int]], probes: Sequence[Sequence[int]], *,
                       batch_size: int = 16, token_budget: int = 4096) -> np.ndarray:
     """Logits [sequence, probe] of the `probes` token ids at each context's last position (one forward per context).
 
-    The forward runs to the last block's output; only the probed rows of the unembedding are applied.
+    The unembedding runs at each context's last position only (capture's `logit_positions`).
     """
     max_len = checkpoint.config.max_context
     last = checkpoint.config.n_layers - 1
@@ -117,9 +106,13 @@ def next_token_logits(model, checkpoint, contexts: Sequence[Sequence[int]], prob
         tokens = np.full((rows, length), PAD_ID, np.int32)
         for r, i in enumerate(members):
             tokens[r, : lengths[i]] = contexts[i]
-        resid = np.asarray(capture.residual(model, tokens, layer=last, where="post", max_context=max_len))
+        at = np.zeros((rows, 1), np.int32)
+        at[: len(members), 0] = [lengths[i] - 1 for i in members]
+        _, logits = capture.residual_and_logits(model, tokens, layer=last, where="post", max_context=max_len,
+                                                logit_positions=at)
+        logits = np.asarray(logits[:, 0])
         for r, i in enumerate(members):
-            out[i] = final_logits(checkpoint, resid[r, lengths[i] - 1], probes[i])
+            out[i] = logits[r, list(probes[i])]
     return out
 
 
