@@ -104,6 +104,14 @@ def plan_batches(lengths: list[int], *, max_len: int, batch_size: int, token_bud
     return plan
 
 
+def padded_batch(sequences, members: list[int], rows: int, length: int) -> np.ndarray:
+    """Token ids [rows, length] of `sequences[members]`, right-padded with PAD_ID (rows past the members: all padding)."""
+    tokens = np.full((rows, length), PAD_ID, np.int32)
+    for r, i in enumerate(members):
+        tokens[r, : len(sequences[i])] = sequences[i]
+    return tokens
+
+
 @jax.jit
 def _gather(resid, logits, tokens, lengths, cont_start, probe_ids):
     """Per row: residual at the last real token, summed continuation log-prob, logits of `probe_ids` before the continuation."""
@@ -125,21 +133,17 @@ def run_sequences(model, seqs: list[_Seq], *, layer: int, where: str, max_len: i
     resid = np.zeros((n, d_model), np.float32)
     logprob = np.zeros(n, np.float64)
     probe = np.full((n, N_CHOICES), np.nan, np.float32)
-    plan = plan_batches([len(s.ids) for s in seqs], max_len=max_len, batch_size=batch_size, token_budget=token_budget)
+    ids = [s.ids for s in seqs]
+    plan = plan_batches([len(i) for i in ids], max_len=max_len, batch_size=batch_size, token_budget=token_budget)
     padded = 0
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=n, desc=desc, unit="seq", leave=False)
+    bar = tqdm(total=n, desc=desc, unit="seq", leave=False, disable=not progress)
     for length, rows, members in plan:
-        tokens = np.full((rows, length), PAD_ID, np.int32)
+        tokens = padded_batch(ids, members, rows, length)
         lengths = np.ones(rows, np.int32)
         cont = np.ones(rows, np.int32)
         probe_ids = np.zeros((rows, N_CHOICES), np.int32)
         for r, i in enumerate(members):
             s = seqs[i]
-            tokens[r, : len(s.ids)] = s.ids
             lengths[r], cont[r] = len(s.ids), s.cont_start
             if s.probe:
                 probe_ids[r] = s.probe
@@ -152,10 +156,8 @@ def run_sequences(model, seqs: list[_Seq], *, layer: int, where: str, max_len: i
         has_probe = np.array([bool(seqs[i].probe) for i in members])
         probe[np.asarray(members)[has_probe]] = got_probe[:k][has_probe]
         padded += rows * length
-        if bar is not None:
-            bar.update(k)
-    if bar is not None:
-        bar.close()
+        bar.update(k)
+    bar.close()
     return resid, logprob, probe, padded
 
 

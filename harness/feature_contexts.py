@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from harness.activations import HOOKS, PAD_ID, plan_batches
+from harness.activations import HOOKS, padded_batch, plan_batches
 from harness.claims import Measurement
 from harness.data.records import LETTERS, MCQuestion
 from harness.errors import InputError
@@ -159,9 +159,7 @@ def sequence_activations(model, params, features: Sequence[int], sequences: Sequ
     out = {f: [None] * len(sequences) for f in features}
     for length, rows, members in plan_batches(lengths, max_len=max_context, batch_size=batch_size,
                                               token_budget=token_budget):
-        tokens = np.full((rows, length), PAD_ID, np.int32)
-        for r, i in enumerate(members):
-            tokens[r, : lengths[i]] = sequences[i]
+        tokens = padded_batch(sequences, members, rows, length)
         resid = capture.residual(model, tokens, layer=layer, where=HOOKS[hook], max_context=max_context)
         acts = feature_values(params, resid, features, reading=reading)
         for r, i in enumerate(members):

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from harness import scores, stats
-from harness.activations import PAD_ID, plan_batches
+from harness.activations import padded_batch, plan_batches
 from harness.claims import Measurement
 from harness.data.records import LETTERS, N_CHOICES, MCQuestion
 from harness.errors import InputError
@@ -103,9 +103,7 @@ def next_token_logits(model, checkpoint, contexts: Sequence[Sequence[int]], prob
         raise InputError(f"context of {max(lengths)} tokens exceeds the model's {max_len} (not truncated)")
     out = np.full((len(contexts), len(probes[0]) if probes else 0), np.nan, np.float32)
     for length, rows, members in plan_batches(lengths, max_len=max_len, batch_size=batch_size, token_budget=token_budget):
-        tokens = np.full((rows, length), PAD_ID, np.int32)
-        for r, i in enumerate(members):
-            tokens[r, : lengths[i]] = contexts[i]
+        tokens = padded_batch(contexts, members, rows, length)
         at = np.zeros((rows, 1), np.int32)
         at[: len(members), 0] = [lengths[i] - 1 for i in members]
         _, logits = capture.residual_and_logits(model, tokens, layer=last, where="post", max_context=max_len,
