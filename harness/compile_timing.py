@@ -23,6 +23,7 @@ import numpy as np
 from penzai import pz
 from penzai.models.transformer.variants import llamalike_common as llamalike
 
+from harness import compile_cache
 from harness.errors import InputError
 from harness.model.capture import BATCH, SEQ, VOCAB
 from harness.model.config import ModelConfig
@@ -126,13 +127,9 @@ def forward(model, tokens) -> jax.Array:
 
 @contextlib.contextmanager
 def compilation_cache_off() -> Iterator[None]:
-    """Within the block JAX's persistent compilation cache is off (restored on exit)."""
-    before = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
-    try:
+    """Within the block JAX's persistent compilation cache is off (restored on exit): see harness.compile_cache."""
+    with compile_cache.disabled():  # the flag alone is ignored once this process has used the cache
         yield
-    finally:
-        jax.config.update("jax_enable_compilation_cache", before)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -196,6 +193,7 @@ class CompileTiming:
     compile: Seconds
     while_loops: int
     repeats: int = 1
+    rounds: tuple[Seconds, ...] = ()  # lower+compile of every fresh attempt, for the timing claims' intervals
 
     @property
     def total(self) -> Seconds:
@@ -212,16 +210,17 @@ def time_compile(
     """
     if repeats < 1:
         raise InputError(f"repeats={repeats}: expected at least 1")
-    best, compiled = None, None
+    best, compiled, rounds = None, None, []
     for _ in range(repeats):
         lowered, lower_took = lower_fresh(model, tokens)
         compiled, compile_took = compile_lowered(lowered)
+        rounds.append(lower_took + compile_took)
         if best is None or (lower_took + compile_took).cpu < (best[0] + best[1]).cpu:
             best = (lower_took, compile_took, count_while_loops(lowered.as_text()))
     batch, seq = tokens.shape
     timing = CompileTiming(
         shape=shape, form=Form(form), n_layers=n_layers, batch=batch, seq=seq,
-        lower=best[0], compile=best[1], while_loops=best[2], repeats=repeats,
+        lower=best[0], compile=best[1], while_loops=best[2], repeats=repeats, rounds=tuple(rounds),
     )
     return timing, compiled
 
@@ -260,3 +259,47 @@ def speedup(
     """How many times faster `fast` lowers+compiles than `slow` at `n_layers` (slow seconds / fast seconds)."""
     slow_s = getattr(_find(timings, shape=shape, form=slow, n_layers=n_layers).total, clock)
     return slow_s / getattr(_find(timings, shape=shape, form=fast, n_layers=n_layers).total, clock)
+
+
+class Measurements:
+    """Compile timings, steady forwards and the scan-vs-unrolled check of one model shape, each measured once
+    per session (the C5 claims share them); forms are named by their value ("scan", "unrolled", "layerstack")."""
+
+    def __init__(self, *, shape: str, batch: int, seq: int):
+        self.shape, self.batch, self.seq = shape, batch, seq
+        self._timings: dict[tuple[Form, int], CompileTiming] = {}
+        self._forward: dict[tuple[Form, int], list[float]] = {}
+
+    def timing(self, form: Form | str, n_layers: int, *, repeats: int = 1) -> CompileTiming:
+        """Lower+compile timing with at least `repeats` fresh rounds (a later call asking more re-measures)."""
+        key = (Form(form), n_layers)
+        if key not in self._timings or self._timings[key].repeats < repeats:
+            config = shape_named(self.shape, n_layers=n_layers)
+            model = model_in_form(config, abstract_params(config), key[0])
+            self._timings[key], _ = time_compile(model, token_spec(batch=self.batch, seq=self.seq), shape=self.shape,
+                                                 form=key[0], n_layers=n_layers, repeats=repeats)
+        return self._timings[key]
+
+    def forward(self, form: Form | str, n_layers: int, *, repeats: int = 3) -> list[float]:
+        """CPU seconds of `repeats` steady forwards (after one warm-up) on random weights."""
+        key = (Form(form), n_layers)
+        if key not in self._forward:
+            config = shape_named(self.shape, n_layers=n_layers)
+            model = model_in_form(config, random_params(config, seed=0), key[0])
+            tokens = random_tokens(config, batch=self.batch, seq=self.seq)
+            _, compiled = time_compile(model, tokens, shape=self.shape, form=key[0], n_layers=n_layers)
+            self._forward[key] = [steady_forward(compiled, model, tokens, repeats=1).cpu for _ in range(repeats)]
+        return self._forward[key]
+
+    def scan_vs_unrolled(self, n_layers: int, *, batch: int = 2, seq: int = 32) -> tuple[float, float]:
+        """(max |logits(scan) - logits(unrolled)|, max |logits(unrolled)|) on random weights and tokens."""
+        config = shape_named(self.shape, n_layers=n_layers)
+        params = random_params(config, seed=0)
+        tokens = random_tokens(config, batch=batch, seq=seq, seed=1)
+        logits = {}
+        for form in (Form.UNROLLED, Form.SCAN):
+            model = model_in_form(config, params, form)
+            _, compiled = time_compile(model, tokens, shape=self.shape, form=form, n_layers=n_layers)
+            logits[form] = np.asarray(compiled(model, tokens))
+        return (float(np.abs(logits[Form.SCAN] - logits[Form.UNROLLED]).max()),
+                float(np.abs(logits[Form.UNROLLED]).max()))

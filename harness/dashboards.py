@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import html
+import os
 import io
 import json
 import pathlib
 from collections.abc import Mapping, Sequence
 
+import jinja2
 import matplotlib
 
 matplotlib.use("Agg")
@@ -90,15 +91,6 @@ def _shown(token: str) -> str:
     return token.replace("\n", "↵").replace("\t", "→")
 
 
-def _context_html(c: Context, scale: float) -> str:
-    spans = []
-    for i, (t, a) in enumerate(zip(c.tokens, c.acts)):
-        alpha = 0.0 if scale <= 0 else max(0.0, min(1.0, a / scale))
-        style = f"background: rgba(220, 40, 40, {alpha:.2f});" + (" outline: 2px solid #222;" if i == c.peak else "")
-        spans.append(f'<span class="tok" style="{style}" title="{a:.4g}">{html.escape(_shown(t))}</span>')
-    return "".join(spans)
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Dashboard:
     """Everything a feature page shows; built by the caller from measured figures."""
@@ -113,65 +105,84 @@ class Dashboard:
     summary: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
-def render_html(d: Dashboard, histogram: bytes) -> str:
-    """The self-contained HTML page (no external resources)."""
-    scale = max([c.value for c in d.contexts] + [0.0])
-    rows = "\n".join(
-        f'<tr><td>{i + 1}</td><td style="color:{ORIGIN_COLOR[c.origin]}">{html.escape(c.origin)}</td>'
-        f"<td>{html.escape(c.label)}</td><td>{c.value:.4g}</td><td class=\"ctx\">{_context_html(c, scale)}</td></tr>"
-        for i, c in enumerate(d.contexts))
-    sources = "".join(f"<li>{html.escape(s.name)}: {s.n_counted} positions counted of {s.n_positions}. "
-                      f"{html.escape(s.note)}</li>" for s in d.sets)
-    summary = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in d.summary.items())
-    accs = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in d.accuracies.items())
-    logits = ""
-    if d.logits is not None:
-        def cells(items):
-            return "".join(f"<tr><td><code>{html.escape(_shown(t))}</code></td><td>{v:+.3f}</td></tr>" for t, v in items)
-        logits = (f'<h2>Logit effects of the decoder direction</h2><p>W_dec[f] × final RMSNorm scale × unembedding '
-                  f'(the per-token RMS factor rescales but does not reorder).</p><div class="two">'
-                  f"<table><tr><th>raised</th><th>effect</th></tr>{cells(d.logits.top)}</table>"
-                  f"<table><tr><th>lowered</th><th>effect</th></tr>{cells(d.logits.bottom)}</table></div>")
-    img = base64.b64encode(histogram).decode("ascii")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Feature {d.feature} — {html.escape(d.profile)}</title>
+INDEX_NAME = "README.md"  # the features/ index page that write_index writes beside the dashboards
+
+# One jinja2 template with autoescape: every text that comes from a tokenizer, a file or a claim is escaped.
+_HTML = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined).from_string("""\
+<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Feature {{ d.feature }} — {{ d.profile }}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 24px; max-width: 1150px; color: #222; }}
-table {{ border-collapse: collapse; margin: 8px 0 16px; }}
-td, th {{ border: 1px solid #ccc; padding: 3px 6px; vertical-align: top; font-size: 13px; text-align: left; }}
-.ctx {{ font-family: ui-monospace, monospace; white-space: pre-wrap; word-break: break-word; max-width: 760px; }}
-.tok {{ border-radius: 2px; }}
-.two {{ display: flex; gap: 24px; }}
+body { font-family: system-ui, sans-serif; margin: 24px; max-width: 1150px; color: #222; }
+table { border-collapse: collapse; margin: 8px 0 16px; }
+td, th { border: 1px solid #ccc; padding: 3px 6px; vertical-align: top; font-size: 13px; text-align: left; }
+.ctx { font-family: ui-monospace, monospace; white-space: pre-wrap; word-break: break-word; max-width: 760px; }
+.tok { border-radius: 2px; }
+.two { display: flex; gap: 24px; }
 </style></head><body>
-<h1>Feature {d.feature}</h1>
-<p>Profile <b>{html.escape(d.profile)}</b>; reading: <b>{html.escape(d.reading)}</b>. Tokens are shaded by activation
-(darkest = the largest shown, {scale:.4g}); the peak token is outlined; hover for the value. ↵ marks a newline.</p>
-<table>{summary}</table>
-<h2>Top {len(d.contexts)} activating contexts (one per sequence, pooled over all sources)</h2>
+<nav><a href="{{ index }}">all feature dashboards</a> · <a href="{{ markdown }}">this page as markdown</a></nav>
+<h1>Feature {{ d.feature }}</h1>
+<p>Profile <b>{{ d.profile }}</b>; reading: <b>{{ d.reading }}</b>. Tokens are shaded by activation
+(darkest = the largest shown, {{ "%.4g"|format(scale) }}); the peak token is outlined; hover for the value. ↵ marks a newline.</p>
+<table>{% for k, v in d.summary.items() %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table>
+<h2>Top {{ d.contexts|length }} activating contexts (one per sequence, pooled over all sources)</h2>
 <table><tr><th>#</th><th>origin</th><th>where</th><th>max</th><th>context</th></tr>
-{rows}
+{% for c in d.contexts %}
+<tr><td>{{ loop.index }}</td><td style="color:{{ colors[c.origin] }}">{{ c.origin }}</td><td>{{ c.label }}</td><td>{{ "%.4g"|format(c.value) }}</td><td class="ctx">
+{%- for t, a, style in spans(c) %}<span class="tok" style="{{ style }}" title="{{ "%.4g"|format(a) }}">{{ t }}</span>{% endfor -%}
+</td></tr>
+{% endfor %}
 </table>
 <h2>Activation histogram</h2>
-<img alt="histogram of feature {d.feature} activations" src="data:image/png;base64,{img}">
-<ul>{sources}</ul>
-{logits}
+<img alt="histogram of feature {{ d.feature }} activations" src="data:image/png;base64,{{ img }}">
+<ul>{% for s in d.sets %}<li>{{ s.name }}: {{ s.n_counted }} positions counted of {{ s.n_positions }}. {{ s.note }}</li>{% endfor %}</ul>
+{% if d.logits is not none %}
+<h2>Logit effects of the decoder direction</h2><p>W_dec[f] × final RMSNorm scale × unembedding (the per-token RMS factor rescales but does not reorder).</p><div class="two">
+{% for head, items in (("raised", d.logits.top), ("lowered", d.logits.bottom)) %}<table><tr><th>{{ head }}</th><th>effect</th></tr>{% for t, v in items %}<tr><td><code>{{ shown(t) }}</code></td><td>{{ "%+.3f"|format(v) }}</td></tr>{% endfor %}</table>{% endfor %}
+</div>
+{% endif %}
 <h2>Accuracies from the claims</h2>
-{f"<table>{accs}</table>" if accs else "<p>none recorded for this feature</p>"}
+{% if d.accuracies %}<table>{% for k, v in d.accuracies.items() %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table>{% else %}<p>none recorded for this feature</p>{% endif %}
 </body></html>
-"""
+""")
+
+
+def _spans(c: Context, scale: float):
+    """(shown token text, activation, inline style) per token of one context."""
+    out = []
+    for i, (t, a) in enumerate(zip(c.tokens, c.acts)):
+        alpha = 0.0 if scale <= 0 else max(0.0, min(1.0, a / scale))
+        style = f"background: rgba(220, 40, 40, {alpha:.2f});" + (" outline: 2px solid #222;" if i == c.peak else "")
+        out.append((_shown(t), a, style))
+    return out
+
+
+def render_html(d: Dashboard, histogram: bytes) -> str:
+    """The self-contained HTML page (no external resources but its links to the index and its markdown twin)."""
+    scale = max([c.value for c in d.contexts] + [0.0])
+    return _HTML.render(d=d, scale=scale, colors=ORIGIN_COLOR, spans=lambda c: _spans(c, scale), shown=_shown,
+                        img=base64.b64encode(histogram).decode("ascii"), index=INDEX_NAME,
+                        markdown=f"feature-{d.feature}.md")
 
 
 def _md_context(c: Context) -> str:
     parts = []
     for i, (t, a) in enumerate(zip(c.tokens, c.acts)):
-        t = _shown(t).replace("|", "\\|").replace("`", "'")
-        parts.append(f"**[{t}]**" if i == c.peak else (f"_{t}_" if a > 0 else t))
+        t = _shown(t).replace("|", "\\|").replace("`", "'").replace("*", "\\*").replace("_", "\\_")
+        core = t.strip(" ")
+        lead, tail = t[: len(t) - len(t.lstrip(" "))], t[len(t.rstrip(" ")):]  # markdown emphasis may not start with a space
+        if not core:
+            parts.append(t)
+        elif i == c.peak:
+            parts.append(f"{lead}**[{core}]**{tail}")
+        else:
+            parts.append(f"{lead}_{core}_{tail}" if a > 0 else t)
     return "".join(parts)
 
 
 def render_markdown(d: Dashboard, histogram_name: str) -> str:
     """The markdown page: peak token in **[brackets]**, other active tokens in _italics_."""
-    lines = [f"# Feature {d.feature} ({d.profile}, reading: {d.reading})", ""]
+    lines = [f"[all feature dashboards]({INDEX_NAME}) · [this page as HTML](feature-{d.feature}.html)", "",
+             f"# Feature {d.feature} ({d.profile}, reading: {d.reading})", ""]
     lines += [f"- {k}: {v}" for k, v in d.summary.items()] + [""]
     lines += [f"## Top {len(d.contexts)} activating contexts", "", "| # | origin | where | max | context |", "|---|---|---|---|---|"]
     lines += [f"| {i + 1} | {c.origin} | {c.label} | {c.value:.4g} | {_md_context(c)} |" for i, c in enumerate(d.contexts)]
@@ -187,7 +198,10 @@ def render_markdown(d: Dashboard, histogram_name: str) -> str:
 
 
 def write_dashboard(d: Dashboard, directory) -> tuple[pathlib.Path, pathlib.Path]:
-    """Write feature-<idx>.html, feature-<idx>.md and feature-<idx>-hist.png into `directory`; (html, md) paths."""
+    """Write feature-<idx>.html, feature-<idx>.md and feature-<idx>-hist.png into `directory`; (html, md) paths.
+
+    The pages link to the folder's README.md index: a plain one is written when none exists (see `write_index`).
+    """
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     png = histogram_png(d.sets, feature=d.feature, reading=d.reading)
@@ -196,6 +210,10 @@ def write_dashboard(d: Dashboard, directory) -> tuple[pathlib.Path, pathlib.Path
     html_path, md_path = directory / f"{stem}.html", directory / f"{stem}.md"
     html_path.write_text(render_html(d, png), encoding="utf-8")
     md_path.write_text(render_markdown(d, f"{stem}-hist.png"), encoding="utf-8")
+    if not (directory / INDEX_NAME).exists():  # the pages link to it; write_index replaces it with the reasons
+        pages = sorted(directory.glob("feature-*.html"), key=lambda q: int(q.stem.split("-")[1]))
+        (directory / INDEX_NAME).write_text(section(d.profile, [(int(q.stem.split("-")[1]), "dashboard", q) for q in pages],
+                                                    directory), encoding="utf-8")
     return html_path, md_path
 
 
@@ -205,11 +223,13 @@ def accuracies_from_claims(claims_json, feature: int) -> dict[str, str]:
     if not path.exists():
         return {}
     try:
-        entries = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(report, dict) or report.get("schema_version") != 2:
+        return {}  # a report of an older schema names no figures this page can trust
     out = {}
-    for e in entries:
+    for e in report.get("results", []):
         details = e.get("details") or {}
         if details.get("feature") == feature:
             ci = e.get("ci")
@@ -218,14 +238,34 @@ def accuracies_from_claims(claims_json, feature: int) -> dict[str, str]:
     return out
 
 
+def _link(path: pathlib.Path, start: pathlib.Path) -> str:
+    """`path` relative to the folder `start` (the folder of the page that holds the link), in POSIX form."""
+    return pathlib.Path(os.path.relpath(pathlib.Path(path).resolve(), pathlib.Path(start).resolve())).as_posix()
+
+
 def section(profile: str, links: Sequence[tuple[int, str, pathlib.Path]], base: pathlib.Path) -> str:
-    """A report section linking the dashboards: links = [(feature, why, html path)], paths relative to `base`."""
+    """A report section linking the dashboards: links = [(feature, why, html path)], relative to `base`, the folder
+    of the page the section is written into (reports/<profile>/ for its README.md)."""
     lines = ["## Feature dashboards", ""]
     for feature, why, path in links:
-        rel = path.relative_to(base)
-        lines.append(f"- feature {feature} ({why}): [{rel}]({rel}), [{rel.with_suffix('.md')}]({rel.with_suffix('.md')})")
+        html_link, md_link = _link(path, base), _link(pathlib.Path(path).with_suffix(".md"), base)
+        lines.append(f"- feature {feature} ({why}): [{html_link}]({html_link}), [{md_link}]({md_link})")
     lines.append(f"\nBuild one for any feature: `python scripts/feature_dashboard.py --profile {profile} --feature N`")
     return "\n".join(lines) + "\n"
+
+
+def write_index(profile: str, links: Sequence[tuple[int, str, pathlib.Path]], directory, *,
+                report: pathlib.Path | None = None) -> pathlib.Path:
+    """Write <directory>/README.md, the dashboards' index, its links relative to `directory` (where it lives), with
+    a link back to the profile's `report` README when given; returns its path."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    text = section(profile, links, directory)
+    if report is not None:
+        text = f"[back to the {profile} report]({_link(report, directory)})\n\n" + text
+    path = directory / INDEX_NAME
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def summary_of(study: FeatureStudy) -> dict[str, str]:

@@ -13,6 +13,7 @@ context per sequence), then the N largest. Axis order: per-sequence arrays are [
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -24,8 +25,9 @@ from harness.claims import Measurement
 from harness.data.records import LETTERS, MCQuestion
 from harness.errors import InputError
 from harness.model import capture
-from harness.prompts import PromptTooLong, build_prompts
+from harness.prompts import PromptTooLong, build_prompts, token_texts
 from harness.sae import sae as sae_lib
+from harness.stats import wilson
 
 PLAIN, MC, ANSWER = "plain text", "MC prompt", "MC answer"
 ORIGINS = (PLAIN, MC, ANSWER)
@@ -201,10 +203,12 @@ class Context:
     peak: int  # index into tokens
 
 
-def pooled_top(sets: Sequence[TokenSet], n: int) -> list[tuple[int, int, int, float, str]]:
+def pooled_top(sets: Sequence[TokenSet], n: int, *, seed: int = 0) -> list[tuple[int, int, int, float, str]]:
     """[(set index, sequence, position, activation, origin)] of the n best sequences' peaks, largest first.
 
-    Each sequence contributes its best counted position; ties are broken by set, sequence and position order.
+    Only sequences where the feature fires (best counted activation > 0) compete, so a rarely firing feature gets
+    fewer than n contexts, never zero-valued padding. Each sequence contributes its best counted position (the first
+    of equal maxima); equal peak values are ordered by a seeded random key, not by set, so no origin wins ties.
     """
     peaks = []
     for si, s in enumerate(sets):
@@ -213,20 +217,27 @@ def pooled_top(sets: Sequence[TokenSet], n: int) -> list[tuple[int, int, int, fl
                 continue
             masked = np.where(c, act, -np.inf)
             p = int(np.argmax(masked))
+            if not act[p] > 0:
+                continue
             origin = PLAIN if s.name == PLAIN else (ANSWER if a[p] else MC)
             peaks.append((si, qi, p, float(act[p]), origin))
-    peaks.sort(key=lambda t: (-t[3], t[0], t[1], t[2]))
-    return peaks[:n]
+    keys = np.random.default_rng(seed).random(len(peaks))
+    order = sorted(range(len(peaks)), key=lambda i: (-peaks[i][3], keys[i]))
+    return [peaks[i] for i in order[:n]]
 
 
-def contexts(sets: Sequence[TokenSet], top, decode, *, before: int = 24, after: int = 6) -> list[Context]:
-    """Context windows around the top peaks; `decode(id) -> str` turns a token id into its text."""
+def contexts(sets: Sequence[TokenSet], top, decode, *, before: int = 24, after: int = 6, texts=None) -> list[Context]:
+    """Context windows around the top peaks; `decode(id) -> str` turns a token id into its text, or
+    `texts(ids, skip=k)` (harness.prompts.token_texts) gives each of ids[k:] as it reads in context (SentencePiece spaces kept)."""
     out = []
     for si, qi, p, value, origin in top:
         s = sets[si]
         lo, hi = max(0, p - before), min(len(s.tokens[qi]), p + after + 1)
+        k = min(lo, 1)  # one token of left context, so the window's first token keeps its leading space
+        shown = (tuple(decode(int(t)) for t in s.tokens[qi][lo:hi]) if texts is None
+                 else tuple(texts(s.tokens[qi][lo - k:hi], skip=k)))
         out.append(Context(origin=origin, label=s.labels[qi], value=value,
-                           tokens=tuple(decode(int(t)) for t in s.tokens[qi][lo:hi]),
+                           tokens=shown,
                            acts=tuple(float(v) for v in s.acts[qi][lo:hi]), peak=p - lo))
     return out
 
@@ -236,7 +247,12 @@ def contexts(sets: Sequence[TokenSet], top, decode, *, before: int = 24, after: 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Firing:
-    """Where the feature fires: per-origin counts, maxima, quantiles, active fractions; the pooled top-N shares."""
+    """Where the feature fires: per-origin counts, maxima, quantiles, active fractions; the pooled top-N shares.
+
+    top_n: contexts that fire (<= top_n_requested); answer_share_top is NaN when none does (the share is undecidable).
+    answer_base_rate: answer positions among all counted positions; answer_base_rate_firing: among counted positions
+    where the feature fires. max_comparison: maxima over equal-size resamples of plain-text and answer positions.
+    """
 
     feature: int
     reading: str
@@ -245,20 +261,53 @@ class Firing:
     quantiles: dict
     active_fraction: dict
     top_n: int
+    top_n_requested: int
     top_origins: dict
-    answer_share_top: float  # share of MC answer positions among the top-N contexts
+    answer_share_top: float  # share of MC answer positions among the top-N firing contexts (NaN when none fire)
     answer_base_rate: float  # share of MC answer positions among all counted positions (no preference)
+    answer_base_rate_firing: float  # share of MC answer positions among the counted positions where it fires
     plain_share_top: float
+    firing_sequences: dict  # sequences of each set whose best counted activation is > 0
+    max_comparison: dict
 
     @property
     def max_ratio(self) -> float:
-        """max over plain text / max over MC answer positions (inf when the answers never exceed 0)."""
+        """Display only (dashboards): max plain / max answer over unequal samples; NaN, never inf, when answers are <= 0."""
         a, p = self.max[ANSWER], self.max[PLAIN]
-        return float("inf") if a <= 0 < p else (float("nan") if a <= 0 else p / a)
+        return float("nan") if a <= 0 else p / a
 
 
-def firing(sets: Sequence[TokenSet], *, feature: int, reading: str, top_n: int) -> Firing:
-    """Compare the feature's activations across origins and in the pooled top-N contexts."""
+def equal_size_maxima(plain, answer, *, seed: int, n_resamples: int = 2000, confidence: float = 0.95) -> dict:
+    """Compare the largest activation of m plain-text positions with that of m answer positions (m = #answers).
+
+    Both sides are drawn m at a time with replacement, so sample size favours neither; each draw gives
+    (max plain - max answer) / (largest activation anywhere). Returns the median, a percentile CI, the share of draws
+    where plain >= answer, m and n_resamples; "decidable" is False (value NaN) when the feature never fires at all.
+    """
+    p, a = np.asarray(plain, np.float64), np.asarray(answer, np.float64)
+    if p.size == 0 or a.size == 0:
+        raise InputError(f"equal_size_maxima: expected plain-text and answer positions, got {p.size} and {a.size}")
+    scale = max(float(p.max()), float(a.max()), 0.0)
+    m = int(a.size)
+    base = {"m": m, "n_resamples": int(n_resamples), "n_plain": int(p.size), "scale": scale,
+            "statistic": f"(max of {m} plain-text positions - max of {m} answer positions) / largest activation; "
+                         f"both drawn with replacement, {n_resamples} draws, {confidence:.0%} percentile interval"}
+    if not scale > 0:
+        return {**base, "decidable": False, "value": float("nan"), "ci": None, "share_plain_ge_answer": float("nan"),
+                "reason": "the feature never fires on these positions (largest activation <= 0)"}
+    rng = np.random.default_rng(seed)
+    max_p = np.array([p[rng.integers(0, p.size, m)].max() for _ in range(n_resamples)])
+    max_a = np.array([a[rng.integers(0, m, m)].max() for _ in range(n_resamples)])
+    d = (max_p - max_a) / scale
+    tail = (1 - confidence) / 2
+    lo, hi = np.quantile(d, [tail, 1 - tail])
+    return {**base, "decidable": True, "value": float(np.median(d)), "ci": [float(lo), float(hi)],
+            "share_plain_ge_answer": float(np.mean(d >= 0))}
+
+
+def firing(sets: Sequence[TokenSet], *, feature: int, reading: str, top_n: int, seed: int = 0,
+           n_resamples: int = 2000) -> Firing:
+    """Compare the feature's activations across origins and in the pooled top-N firing contexts."""
     by_origin = {o: [] for o in ORIGINS}
     for s in sets:
         for o in ((PLAIN,) if s.name == PLAIN else (MC, ANSWER)):
@@ -266,28 +315,56 @@ def firing(sets: Sequence[TokenSet], *, feature: int, reading: str, top_n: int) 
     vals = {o: np.concatenate(v) if v else np.zeros(0, np.float32) for o, v in by_origin.items()}
     if any(v.size == 0 for v in vals.values()):
         raise InputError(f"firing: no positions of origin {[o for o, v in vals.items() if v.size == 0]}; pass plain text and MC prompts")
-    top = pooled_top(sets, top_n)
+    top = pooled_top(sets, top_n, seed=seed)
     counts = {o: sum(t[4] == o for t in top) for o in ORIGINS}
     total = sum(v.size for v in vals.values())
+    n_fire = sum(int(np.sum(v > 0)) for v in vals.values())
+    fired = {s.name: int(sum(bool(c.any() and np.max(np.where(c, act, -np.inf)) > 0)
+                             for act, c in zip(s.acts, s.counted))) for s in sets}
+    share = (lambda k: k / len(top)) if top else (lambda k: float("nan"))
     return Firing(
         feature=int(feature), reading=reading, n_positions={o: int(v.size) for o, v in vals.items()},
         max={o: float(v.max()) for o, v in vals.items()},
         quantiles={o: {f"q{q:g}": float(np.quantile(v, q)) for q in QUANTILES} for o, v in vals.items()},
         active_fraction={o: float(np.mean(v > 0)) for o, v in vals.items()},
-        top_n=len(top), top_origins=counts, answer_share_top=counts[ANSWER] / max(1, len(top)),
-        answer_base_rate=vals[ANSWER].size / total, plain_share_top=counts[PLAIN] / max(1, len(top)),
+        top_n=len(top), top_n_requested=int(top_n), top_origins=counts, answer_share_top=share(counts[ANSWER]),
+        answer_base_rate=vals[ANSWER].size / total,
+        answer_base_rate_firing=int(np.sum(vals[ANSWER] > 0)) / n_fire if n_fire else float("nan"),
+        plain_share_top=share(counts[PLAIN]), firing_sequences=fired,
+        max_comparison=equal_size_maxima(vals[PLAIN], vals[ANSWER], seed=seed, n_resamples=n_resamples),
     )
 
 
 def answer_share(fire: Firing, **extra) -> Measurement:
-    """C6: share of MC answer positions among the pooled top-N contexts (figures of every origin in details)."""
-    return Measurement(value=fire.answer_share_top, n=fire.top_n, details={**dataclasses.asdict(fire), **extra})
+    """C6: share of MC answer positions among the pooled top-N contexts that fire, Wilson 95% interval, n = contexts.
+
+    A feature that fires in no sequence gives value NaN, ci None and says so: the claim cannot be decided.
+    """
+    details = {**dataclasses.asdict(fire), **extra}
+    if fire.top_n == 0:
+        return Measurement(value=float("nan"), n=0, ci=None, statistic="undecidable: the feature fires in no sequence",
+                           details={**details, "decidable": False})
+    k = fire.top_origins[ANSWER]
+    lo, hi = wilson(k, fire.top_n)
+    return Measurement(value=fire.answer_share_top, n=fire.top_n, ci=(lo, hi),
+                       statistic=f"Wilson 95% on {k} answer peaks of {fire.top_n} firing contexts (one per sequence); "
+                                 f"base rates in details", details={**details, "decidable": True})
 
 
-def max_ratio(fire: Firing, **extra) -> Measurement:
-    """C6: max activation on plain text / max at MC answer positions."""
-    return Measurement(value=fire.max_ratio, n=fire.n_positions[ANSWER],
-                       details={**dataclasses.asdict(fire), **extra})
+def max_comparison(fire: Firing, **extra) -> Measurement:
+    """C6: median of (max over m plain-text positions - max over m answer positions) / largest activation, with a
+    percentile CI over equal-size draws (m = number of answer positions): > 0 means plain text reaches higher.
+
+    Replaces the old max ratio (a max over ~24k tokens against one over ~200, and inf when answers never fire).
+    """
+    mc = fire.max_comparison
+    details = {**dataclasses.asdict(fire), **extra}
+    ci = None if mc["ci"] is None else tuple(mc["ci"])
+    return Measurement(value=mc["value"], n=mc["m"], ci=ci, statistic=mc["statistic"] if mc["decidable"] else
+                       f"undecidable: {mc['reason']}", details=details)
+
+
+max_ratio = max_comparison  # the name evals/ used before issue 14; the value is now the equal-size comparison
 
 
 # ------------------------------------------------------------------------------------------- one study
@@ -318,8 +395,9 @@ def study_features(model, checkpoint, params, features: Sequence[int], questions
     out = {}
     for f in features:
         sets = (plain_token_set(plain, plain_acts[int(f)], note=note), mc_token_set(mc, mc_acts[int(f)]))
-        top = pooled_top(sets, top_n)
+        top = pooled_top(sets, top_n, seed=seed)
         out[int(f)] = FeatureStudy(feature=int(f), reading=reading, sets=sets,
-                                   firing=firing(sets, feature=int(f), reading=reading, top_n=top_n),
-                                   contexts=tuple(contexts(sets, top, lambda t: tok.decode([t]))))
+                                   firing=firing(sets, feature=int(f), reading=reading, top_n=top_n, seed=seed),
+                                   contexts=tuple(contexts(sets, top, lambda t: tok.decode([t]),
+                                                           texts=functools.partial(token_texts, tok))))
     return out

@@ -5,6 +5,10 @@ prompt variants ("(A) text" vs "A. text" labels; "Answer: (" + "A" vs "Answer:" 
 formats. Reported: accuracy per rotation / variant with Wilson CIs, the spread (max − min), position bias (accuracy
 when the answer sits at A/B/C/D, pooled over rotations) and the pick distribution against the key (chi-square).
 
+Every variant reads its letters as they occur after its prefix in the joined encoding (harness.prompts.
+letter_continuations), never lone-encoded: on SentencePiece tokenizers "A" after "(" is not the lone "▁A", and " A"
+may be several tokens, which are then scored as a sequence (summed log-prob) instead of rejected.
+
 A scorer maps (questions, rotation shift) to option scores [question, option]; the largest score is the pick
 (ties share credit). A row of NaN means "not scored" (e.g. too long): such a question is left out of every
 rotation and counted, never silently dropped.
@@ -16,10 +20,10 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+import scipy.special
 
-from harness import scores, stats
+from harness import prompts, scores, stats
 from harness.activations import padded_batch, plan_batches
-from harness.claims import Measurement
 from harness.data.records import LETTERS, N_CHOICES, MCQuestion
 from harness.errors import InputError
 from harness.model import capture
@@ -64,23 +68,14 @@ def variant_context(tokenizer, question: MCQuestion, variant: LetterVariant) -> 
     return tokenizer.render_chat([{"role": "user", "content": user}], add_generation_prompt=True) + variant.prefix
 
 
-def letter_ids(tokenizer, context: str, variant: LetterVariant) -> tuple[tuple[int, ...], tuple[int, ...], int]:
-    """(context ids, the 4 letter token ids, boundary mismatches): each letter must be one token after the context.
+def letter_reading(tokenizer, context: str, variant: LetterVariant, *, where: str = "") -> prompts.LetterContinuations:
+    """The four letters of `variant` as they occur after `context` in the joined encoding (never lone-encoded).
 
-    A mismatch is a letter whose joined tokenization tokenize(context + letter) is not context ids + that token.
+    On SentencePiece tokenizers a lone "A" is "▁A" but after "(" it is the bare "A", and " A" is two tokens:
+    see `harness.prompts.letter_continuations`, which also counts boundary mismatches.
     """
-    ctx = tokenizer.encode(context)
-    ids, mismatches = [], 0
-    for letter in LETTERS:
-        cont = variant.continuation.format(letter=letter)
-        alone = tokenizer.encode(cont, add_bos=False)
-        if len(alone) != 1:
-            raise InputError(f"variant {variant.name}: continuation {cont!r} is {len(alone)} tokens, expected 1")
-        mismatches += tokenizer.encode(context + cont) != ctx + alone
-        ids.append(alone[0])
-    if len(set(ids)) != N_CHOICES:
-        raise InputError(f"variant {variant.name}: the letters tokenize to repeated ids {ids}")
-    return tuple(ctx), tuple(ids), mismatches
+    letters = [variant.continuation.format(letter=letter) for letter in LETTERS]
+    return prompts.letter_continuations(tokenizer, context, letters, where=where or f"variant {variant.name}")
 
 
 def unembedding(checkpoint) -> tuple[np.ndarray, np.ndarray]:
@@ -114,19 +109,65 @@ def next_token_logits(model, checkpoint, contexts: Sequence[Sequence[int]], prob
     return out
 
 
-def letter_scorer(model, checkpoint, variant: LetterVariant, *, batch_size: int = 16) -> Scorer:
-    """A scorer reading the model's next-token logits of the four letters after the variant's prompt.
+def continuation_logprobs(model, checkpoint, sequences: Sequence[Sequence[int]], starts: Sequence[int], *,
+                          batch_size: int = 16, token_budget: int = 4096) -> np.ndarray:
+    """Summed log-prob [sequence] of `sequences[i][starts[i]:]` given the tokens before it (one forward per sequence).
 
-    The boundary mismatches seen are added up in the scorer's `mismatches` list (one entry per call).
+    The unembedding and log-softmax run only at the positions that predict a scored token.
+    """
+    max_len = checkpoint.config.max_context
+    last = checkpoint.config.n_layers - 1
+    lengths = [len(s) for s in sequences]
+    if max(lengths, default=0) > max_len:
+        raise InputError(f"sequence of {max(lengths)} tokens exceeds the model's {max_len} (not truncated)")
+    if any(not 1 <= st < n for st, n in zip(starts, lengths)):
+        raise InputError("continuation_logprobs: every start must lie in 1..len(sequence)-1")
+    out = np.full(len(sequences), np.nan)
+    for length, rows, members in plan_batches(lengths, max_len=max_len, batch_size=batch_size, token_budget=token_budget):
+        tokens = padded_batch(sequences, members, rows, length)
+        k = max(lengths[i] - starts[i] for i in members)
+        at = np.zeros((rows, k), np.int32)
+        for r, i in enumerate(members):
+            pos = np.arange(starts[i] - 1, lengths[i] - 1)
+            at[r, : pos.size], at[r, pos.size:] = pos, pos[-1]
+        _, logits = capture.residual_and_logits(model, tokens, layer=last, where="post", max_context=max_len,
+                                                logit_positions=at)
+        logp = scipy.special.log_softmax(np.asarray(logits, np.float64), axis=-1)   # [rows, k, vocab]
+        for r, i in enumerate(members):
+            targets = np.asarray(sequences[i][starts[i]:])
+            out[i] = logp[r, np.arange(targets.size), targets].sum()
+    return out
+
+
+def letter_scorer(model, checkpoint, variant: LetterVariant, *, batch_size: int = 16) -> Scorer:
+    """A scorer reading the four letters after the variant's prompt, as they occur in the joined encoding.
+
+    Where every letter is one token right after the whole context the score is its next-token logit (one forward per
+    question); otherwise each letter's tokens after the shared prefix are scored by their summed log-prob (the same
+    ranking as the logits in the one-token case). Per call the scorer appends to `mismatches` (boundary mismatches)
+    and `sequence_scored` (questions scored as sequences).
     """
     tok = checkpoint.tokenizer
 
     def score(questions: Sequence[MCQuestion], shift: int) -> np.ndarray:
-        built = [letter_ids(tok, variant_context(tok, q, variant), variant) for q in questions]
-        score.mismatches.append(sum(b[2] for b in built))
-        return next_token_logits(model, checkpoint, [b[0] for b in built], [b[1] for b in built], batch_size=batch_size)
+        read = [letter_reading(tok, variant_context(tok, q, variant), variant, where=f"variant {variant.name}, question {q.qid}")
+                for q in questions]
+        score.mismatches.append(sum(r.boundary_mismatches for r in read))
+        out = np.full((len(read), N_CHOICES), np.nan)
+        single = [i for i, r in enumerate(read) if r.single_tokens is not None]
+        multi = [i for i, r in enumerate(read) if r.single_tokens is None]
+        score.sequence_scored.append(len(multi))
+        if single:
+            out[single] = next_token_logits(model, checkpoint, [read[i].context_ids for i in single],
+                                            [read[i].single_tokens for i in single], batch_size=batch_size)
+        if multi:
+            seqs = [ids for i in multi for ids in read[i].ids]
+            starts = [read[i].start for i in multi for _ in range(N_CHOICES)]
+            out[multi] = continuation_logprobs(model, checkpoint, seqs, starts, batch_size=batch_size).reshape(-1, N_CHOICES)
+        return out
 
     score.mismatches = []
+    score.sequence_scored = []
     return score
 
 
@@ -181,48 +222,6 @@ def rotation_study(questions: Sequence[MCQuestion], scorer: Scorer, *, name: str
         picks=tuple(float(p) for p in picks), key=tuple(int(k) for k in key),
         test=stats.pick_distribution_test(picks, key, method="pearson"),
     )
-
-
-def accuracy_of_scores(option_scores, answers) -> stats.Accuracy:
-    """Tie-aware argmax accuracy with its Wilson interval of option scores [question, option]."""
-    return stats.Accuracy.from_credit(scores.argmax_credit(np.asarray(option_scores, float), np.asarray(answers)))
-
-
-def _acc(a: stats.Accuracy) -> dict:
-    return {"value": round(a.value, 4), "n": a.n, "ci": [round(a.lo, 4), round(a.hi, 4)]}
-
-
-def rotation_spread(study: RotationStudy) -> Measurement:
-    """C2b: max − min accuracy over the 4 rotations, with per-rotation and per-position accuracies in details."""
-    return Measurement(value=study.spread, n=study.n, details=study_details(study))
-
-
-def pick_distribution_p(study: RotationStudy) -> Measurement:
-    """C2b: chi-square p-value of the pooled letter picks against the pooled answer key."""
-    return Measurement(value=study.test.pvalue, n=int(sum(study.key)), details=study_details(study))
-
-
-def study_details(study: RotationStudy) -> dict:
-    return {
-        "variant": study.name, "n_questions": study.n, "n_unscored": study.n_unscored,
-        "accuracy_by_rotation": {f"shift {s}": _acc(a) for s, a in zip(SHIFTS, study.accuracy)},
-        "accuracy_by_answer_position": {l: _acc(a) for l, a in zip(LETTERS, study.by_position)},
-        "picks": dict(zip(LETTERS, [round(p, 2) for p in study.picks])), "key": dict(zip(LETTERS, study.key)),
-        "chi_square": round(study.test.statistic, 3), "dof": study.test.dof, "p": study.test.pvalue,
-    }
-
-
-def variant_spread(accuracies: Mapping[str, stats.Accuracy], **extra) -> Measurement:
-    """C2b: max − min accuracy over prompt variants and formats on the same questions."""
-    if len(accuracies) < 2:
-        raise InputError(f"variant_spread: expected at least two variants, got {list(accuracies)}")
-    values = {k: a.value for k, a in accuracies.items()}
-    n = {a.n for a in accuracies.values()}
-    if len(n) != 1:
-        raise InputError(f"variant_spread: variants scored different numbers of questions {sorted(n)}; align them first")
-    return Measurement(value=max(values.values()) - min(values.values()), n=n.pop(), details={
-        "accuracy_by_variant": {k: _acc(a) for k, a in accuracies.items()},
-        "best": max(values, key=values.get), "worst": min(values, key=values.get), **extra})
 
 
 def markdown_section(study: RotationStudy, accuracies: Mapping[str, stats.Accuracy]) -> str:

@@ -61,7 +61,7 @@ def subject_accuracies(per_subject: Mapping[str, Mapping[str, Accuracy]], path, 
         ys = [i + dy for i, s in enumerate(subjects) if s in series]
         accs = [series[s] for s in subjects if s in series]
         v = np.array([a.value for a in accs])
-        err = np.array([[a.value - a.lo for a in accs], [a.hi - a.value for a in accs]])
+        err = error_bars(accs)
         ax.errorbar(v, ys, xerr=err, fmt="o", ms=3, lw=0.8, capsize=1.5, label=name)
     ax.axvline(CHANCE, color="black", lw=0.5, ls="--")
     ax.set_yticks(range(len(subjects)), [f"{s} (n={_n_of(per_subject, s)})" for s in subjects], fontsize=6)
@@ -69,6 +69,18 @@ def subject_accuracies(per_subject: Mapping[str, Mapping[str, Accuracy]], path, 
     ax.invert_yaxis()
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, pathlib.Path(path))
+
+
+def error_bars(accs: Sequence[Accuracy]) -> np.ndarray:
+    """matplotlib xerr [2, n] of value − lo and hi − value, clamped at 0.
+
+    Wilson bounds can stray outside [lo, hi] ∋ value by float error (wilson(0, 7) gave lo ≈ 2.8e-17 > value 0),
+    and matplotlib rejects negative error bars; a negative length larger than float error is an InputError.
+    """
+    err = np.array([[a.value - a.lo for a in accs], [a.hi - a.value for a in accs]], dtype=float).reshape(2, -1)
+    if err.size and err.min() < -1e-9:
+        raise InputError(f"error_bars: an interval excludes its value by {-err.min():.3g} (expected lo <= value <= hi)")
+    return np.clip(err, 0.0, None)
 
 
 def _n_of(per_subject, subject) -> int:

@@ -9,6 +9,11 @@ Context and continuation are tokenized separately and compared with tokenizing t
 span the join, and SentencePiece prepends "▁" to a lone continuation): the sequence scored is the joined string's
 tokens whenever they begin with the context's tokens, the separate concatenation otherwise, and every sequence
 where the two disagree is counted in `boundary_mismatches`. Nothing is truncated: an over-long sequence raises.
+
+Letters are read as they occur after their prefix in the joined encoding, never lone-encoded (SentencePiece encodes a
+lone "A" as "▁A", but after "(" the letter is the bare "A"; a lone " A" is two tokens): `letter_continuations` scores
+every letter from the longest token prefix that the context and all four joined encodings share, so a letter that
+is several tokens (or re-tokenizes the context's last token) is scored as a sequence (summed log-prob), not rejected.
 """
 
 from __future__ import annotations
@@ -117,29 +122,108 @@ def join_tokens(tokenizer: ChatTokenizer, context_ids: list[int], context: str, 
     return OptionSequence(ids=tuple(ids), cont_start=n, n_chars=len(continuation), boundary_mismatch=mismatch)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LetterContinuations:
+    """Four continuations read from their joined encodings: `ids[i]` = encode(context + continuation i).
+
+    `start` is the longest token prefix shared by the context's own encoding and all four joined encodings, so
+    `ids[i][start:]` are the tokens scored for option i after one shared prefix. `start < len(context_ids)` means a
+    continuation re-tokenized the end of the context (a boundary mismatch: those context tokens are scored too).
+    """
+
+    context_ids: tuple[int, ...]
+    ids: tuple[tuple[int, ...], ...]
+    start: int
+
+    @property
+    def boundary_mismatches(self) -> int:
+        """Continuations whose joined tokens do not begin with the context's tokens."""
+        n = len(self.context_ids)
+        return sum(tuple(i[:n]) != self.context_ids for i in self.ids)
+
+    @property
+    def single_tokens(self) -> tuple[int, ...] | None:
+        """The continuations' ids when each is exactly one token right after the whole context, else None."""
+        n = len(self.context_ids)
+        if self.start == n and all(len(i) == n + 1 for i in self.ids):
+            return tuple(i[n] for i in self.ids)
+        return None
+
+
+def _common_prefix(sequences) -> int:
+    """Length of the longest prefix all `sequences` share."""
+    n = min(len(s) for s in sequences)
+    for k in range(n):
+        if len({s[k] for s in sequences}) > 1:
+            return k
+    return n
+
+
+def letter_continuations(tokenizer: ChatTokenizer, context: str, letters, *, where: str = "") -> LetterContinuations:
+    """The letters (or any short continuations) as they occur after `context` in the joined encoding (see the module doc).
+
+    InputError when a continuation adds no token, or when two continuations give the same token sequence.
+    """
+    context_ids = tuple(tokenizer.encode(context))
+    joined = tuple(tuple(tokenizer.encode(context + c)) for c in letters)
+    start = _common_prefix([context_ids, *joined])
+    for c, ids in zip(letters, joined):
+        if len(ids) <= start:
+            raise InputError(f"{where or 'prompt'}: continuation {c!r} after {context[-20:]!r} adds no token")
+    if len({ids[start:] for ids in joined}) != len(joined):
+        raise InputError(f"{where or 'prompt'}: continuations {tuple(letters)} tokenize to repeated token sequences "
+                         f"{[ids[start:] for ids in joined]}")
+    return LetterContinuations(context_ids=context_ids, ids=joined, start=start)
+
+
+def letter_options(tokenizer: ChatTokenizer, context: str, letters, *, where: str = "") -> tuple[OptionSequence, ...]:
+    """The letter format's four option sequences: joined encodings, scored from their shared prefix."""
+    lc = letter_continuations(tokenizer, context, letters, where=where)
+    n = len(lc.context_ids)
+    return tuple(OptionSequence(ids=ids, cont_start=lc.start, n_chars=len(c), boundary_mismatch=ids[:n] != lc.context_ids)
+                 for c, ids in zip(letters, lc.ids))
+
+
 def build_prompts(tokenizer: ChatTokenizer, question: MCQuestion, fmt: str, *, max_len: int) -> QuestionPrompts:
     """The question's four option sequences; PromptTooLong (an InputError) when one is longer than `max_len`."""
     context = context_text(tokenizer, question, fmt)
-    context_ids = tokenizer.encode(context)
-    options = tuple(join_tokens(tokenizer, context_ids, context, c) for c in continuations(question, fmt))
+    if fmt == "letter":
+        options = letter_options(tokenizer, context, continuations(question, fmt), where=f"question {question.qid}")
+    else:
+        context_ids = tokenizer.encode(context)
+        options = tuple(join_tokens(tokenizer, context_ids, context, c) for c in continuations(question, fmt))
     prompts = QuestionPrompts(qid=question.qid, fmt=fmt, context=context, options=options)
     if prompts.max_len > max_len:
         raise PromptTooLong(
             f"question {question.qid}: {fmt} sequence of {prompts.max_len} tokens exceeds the maximum of {max_len} (not truncated)"
         )
-    if fmt == "letter":
-        letter_token_ids(prompts)
     return prompts
 
 
-def letter_token_ids(prompts: QuestionPrompts) -> tuple[int, int, int, int]:
-    """The four letter tokens after the shared "Answer: (" context; InputError unless each letter is one token."""
+def letter_probe(prompts: QuestionPrompts) -> tuple[int, int, int, int] | None:
+    """The four letter ids read by one next-token step after the shared "Answer: (" context, as they occur in the
+    joined encoding; None when a letter is several tokens (then its summed log-prob is its score)."""
     if prompts.fmt != "letter":
         raise InputError(f"question {prompts.qid}: letter tokens asked of a {prompts.fmt!r} prompt")
-    for letter, option in zip(LETTERS, prompts.options):
-        if option.n_tokens != 1:
-            raise InputError(f"question {prompts.qid}: letter {letter} after {LETTER_ANSWER_PREFIX!r} is {option.n_tokens} tokens, expected 1")
-    ids = tuple(o.ids[-1] for o in prompts.options)
-    if len(set(ids)) != len(ids):
-        raise InputError(f"question {prompts.qid}: the letters tokenize to repeated ids {ids}")
-    return ids
+    if all(o.n_tokens == 1 and not o.boundary_mismatch for o in prompts.options):
+        return tuple(o.ids[-1] for o in prompts.options)
+    return None
+
+
+def token_texts(tokenizer: ChatTokenizer, ids, *, skip: int = 0) -> tuple[str, ...]:
+    """The text each of `ids[skip:]` contributes to decode(ids): SentencePiece's "▁" spaces survive ("the first time").
+
+    Decoding one token alone strips the leading space; here each token's text is the growth of the decoded prefix.
+    The first `skip` ids are context only. A token that ends inside a multi-byte character gets "" and the
+    character goes to the token that completes it.
+    """
+    ids = [int(i) for i in ids]
+    texts, previous = [], tokenizer.decode(ids[:skip]) if skip else ""
+    for k in range(skip, len(ids)):
+        current = tokenizer.decode(ids[: k + 1])
+        if current.endswith("\ufffd") or not current.startswith(previous):
+            texts.append("")  # incomplete character or a decoder that rewrote the prefix: settle at the next token
+            continue
+        texts.append(current[len(previous):])
+        previous = current
+    return tuple(texts)

@@ -125,14 +125,20 @@ class FeatureScores:
         return np.maximum(self.first, self.argmin_first)
 
 
-def score_features(resid, answers, params: sae_lib.SAEParams, *, reading: str) -> FeatureScores:
-    """Score every SAE feature of one reading, one feature chunk at a time (seconds for 4096 features)."""
+def score_features(resid, answers, params: sae_lib.SAEParams, *, reading: str,
+                   tolerance: scores.Tolerance = scores.EXACT, identical=None) -> FeatureScores:
+    """Score every SAE feature of one reading, one feature chunk at a time (seconds for 4096 features).
+
+    tolerance / identical: the tie rule of the tie-aware ("share") figures (scores.argmax_credit); the "first" figures
+    are the original's np.argmax / np.argmin rule on the raw readings, as it computed them.
+    """
     a = np.asarray(answers)
+    tie = dict(tolerance=tolerance, identical=identical)
     fields = {k: np.empty(params.d_sae) for k in ("share", "first", "argmin_share", "argmin_first", "auc", "logprob")}
     for sl, block in reading_chunks(resid, params, reading=reading):
-        fields["share"][sl] = scores.argmax_accuracy(block, a, ties="share")
+        fields["share"][sl] = scores.argmax_accuracy(block, a, ties="share", **tie)
         fields["first"][sl] = scores.argmax_accuracy(block, a, ties="first")
-        fields["argmin_share"][sl] = scores.argmin_accuracy(block, a, ties="share")
+        fields["argmin_share"][sl] = scores.argmin_accuracy(block, a, ties="share", **tie)
         fields["argmin_first"][sl] = scores.argmin_accuracy(block, a, ties="first")
         fields["auc"][sl] = scores.option_auc(block, a)
         fields["logprob"][sl] = scores.correct_logprob(block, a)

@@ -21,6 +21,35 @@ TIES = ("share", "first")
 CHUNK_CELLS = 1 << 22  # cells of [question, option, feature-chunk] handled at once
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Tolerance:
+    """Options of one question tie with the maximum when max - score <= atol + rtol * (largest |score| of the question).
+
+    rtol alone is invariant to rescaling the scores by any c > 0 (up to rounding of c·s); atol is in score units.
+    """
+
+    rtol: float = 0.0
+    atol: float = 0.0
+
+    def __post_init__(self):
+        if not (0 <= self.rtol < 1 and 0 <= self.atol < float("inf")):
+            raise InputError(f"tolerance: expected 0 <= rtol < 1 and finite atol >= 0, got rtol={self.rtol}, atol={self.atol}")
+
+    @property
+    def exact(self) -> bool:
+        return self.rtol == 0 and self.atol == 0
+
+
+EXACT = Tolerance()
+# float32 keeps 24 significant bits (eps = 2^-23 ~ 1.2e-7). The readings and log-prob sums are float32 results of long
+# reductions whose order differs between equivalent paths (packed vs per-option sequences): two identical options got
+# log-prob sums 7e-6 apart near -10, i.e. ~6 ulp of the question's scale. 2^7 ulp = 2^-16 relative (1.5e-5) covers
+# that with margin and is far below any difference that means something. Readings: relative only (scale invariant).
+# Log-prob sums also carry an absolute error of ~eps·|logit| ~ 4e-6 per token even when the sum is near 0: atol 2^-14.
+READING_TIE = Tolerance(rtol=2.0**-16)
+LOGPROB_TIE = Tolerance(rtol=2.0**-16, atol=2.0**-14)
+
+
 def _check(scores, answers) -> tuple[np.ndarray, np.ndarray, bool]:
     """scores as [question, option, feature] (a 2-D input gains a feature axis; the flag says to drop it again)."""
     s = np.asarray(scores)
@@ -48,31 +77,80 @@ def _chunks(s: np.ndarray):
         yield sl, chunk
 
 
-def _credit_chunk(chunk: np.ndarray, a: np.ndarray, ties: str) -> np.ndarray:
+def _check_identical(identical, shape) -> np.ndarray | None:
+    """Option group labels [question, option] (equal label = identical option text), or None."""
+    if identical is None:
+        return None
+    g = np.asarray(identical)
+    if g.shape != tuple(shape[:2]) or not np.issubdtype(g.dtype, np.integer):
+        raise InputError(f"identical: expected integer group labels of shape {tuple(shape[:2])}, got shape {g.shape} dtype {g.dtype}")
+    return g
+
+
+def _merge_identical(chunk: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """Every option takes the largest score of its group of identical options, so identical options tie exactly."""
+    if groups is None or (groups == np.arange(groups.shape[1])[None, :]).all():
+        return chunk
+    out = chunk.copy()
+    for o in range(chunk.shape[1]):
+        same = groups == groups[:, o:o + 1]  # [question, option']
+        out[:, o, :] = np.where(same[:, :, None], chunk, -np.inf).max(axis=1)
+    return out
+
+
+def _is_max(chunk: np.ndarray, tolerance: Tolerance) -> np.ndarray:
+    """[question, option, feature-chunk]: the option ties with the question's maximum (within `tolerance`)."""
+    top = chunk.max(axis=1, keepdims=True)
+    if tolerance.exact:
+        return chunk == top
+    scale = np.abs(chunk).max(axis=1, keepdims=True)
+    return (top - chunk) <= tolerance.atol + tolerance.rtol * scale
+
+
+def _credit_chunk(chunk: np.ndarray, a: np.ndarray, ties: str, tolerance: Tolerance = EXACT,
+                  groups: np.ndarray | None = None) -> np.ndarray:
     """Credit [question, feature-chunk] of one [question, option, feature-chunk] block."""
+    chunk = _merge_identical(chunk, groups)
+    is_max = _is_max(chunk, tolerance)
     if ties == "first":
-        return (np.argmax(chunk, axis=1) == a[:, None]).astype(float)
-    is_max = chunk == chunk.max(axis=1, keepdims=True)
+        return (np.argmax(is_max, axis=1) == a[:, None]).astype(float)
     correct_is_max = np.take_along_axis(is_max, a[:, None, None], axis=1)[:, 0, :]
     return correct_is_max / is_max.sum(axis=1)
 
 
-def argmax_credit(scores, answers, *, ties: str = "share") -> np.ndarray:
+def option_credit(scores, *, tolerance: Tolerance = EXACT, identical=None, dtype=np.float32) -> np.ndarray:
+    """Tie-aware credit [question, option, feature] each option would earn if it were the answer (1/t or 0).
+
+    Any answer key's credit is a gather from it (credit[q, key[q], f]), so shuffled keys cost no re-scoring.
+    """
+    s, _, squeeze = _check(scores, np.zeros(np.shape(scores)[0], dtype=np.int64))
+    groups = _check_identical(identical, s.shape)
+    out = np.empty(s.shape, dtype=dtype)
+    for sl, chunk in _chunks(s):
+        is_max = _is_max(_merge_identical(chunk, groups), tolerance)
+        out[:, :, sl] = is_max / is_max.sum(axis=1, keepdims=True)
+    return out[:, :, 0] if squeeze else out
+
+
+def argmax_credit(scores, answers, *, ties: str = "share", tolerance: Tolerance = EXACT, identical=None) -> np.ndarray:
     """Per-question credit [question] or [question, feature] for picking the option with the largest score.
 
     ties="share": 1/t when the correct option is one of t tied maxima (all four equal -> 0.25).
     ties="first": np.argmax's rule, the first maximal option wins (what the original measurement did).
+    tolerance: scores within it of the maximum tie (EXACT by default; READING_TIE / LOGPROB_TIE for float32 paths).
+    identical: group labels [question, option] (identical_options); options with one label (same text) always tie.
     """
     if ties not in TIES:
         raise InputError(f"ties: expected one of {TIES}, got {ties!r}")
     s, a, squeeze = _check(scores, answers)
+    groups = _check_identical(identical, s.shape)
     out = np.empty((s.shape[0], s.shape[2]), dtype=float)
     for sl, chunk in _chunks(s):
-        out[:, sl] = _credit_chunk(chunk, a, ties)
+        out[:, sl] = _credit_chunk(chunk, a, ties, tolerance, groups)
     return out[:, 0] if squeeze else out
 
 
-def argmax_accuracy(scores, answers, *, ties: str = "share"):
+def argmax_accuracy(scores, answers, *, ties: str = "share", tolerance: Tolerance = EXACT, identical=None):
     """Mean argmax credit over questions: a float for [question, option], an array [feature] otherwise.
 
     Only [feature]-sized results are kept, so all 49,152 features of an SAE can be scored in one call.
@@ -80,20 +158,33 @@ def argmax_accuracy(scores, answers, *, ties: str = "share"):
     if ties not in TIES:
         raise InputError(f"ties: expected one of {TIES}, got {ties!r}")
     s, a, squeeze = _check(scores, answers)
+    groups = _check_identical(identical, s.shape)
     acc = np.empty(s.shape[2], dtype=float)
     for sl, chunk in _chunks(s):
-        acc[sl] = _credit_chunk(chunk, a, ties).mean(axis=0)
+        acc[sl] = _credit_chunk(chunk, a, ties, tolerance, groups).mean(axis=0)
     return float(acc[0]) if squeeze else acc
 
 
-def argmin_accuracy(scores, answers, *, ties: str = "share"):
+def argmin_accuracy(scores, answers, *, ties: str = "share", tolerance: Tolerance = EXACT, identical=None):
     """Accuracy of picking the smallest score (ties as in argmax_accuracy; "first" = np.argmin's first minimum)."""
-    return argmax_accuracy(-np.asarray(scores), answers, ties=ties)
+    return argmax_accuracy(-np.asarray(scores), answers, ties=ties, tolerance=tolerance, identical=identical)
 
 
-def better_of_argmax_argmin(scores, answers, *, ties: str = "share"):
+def better_of_argmax_argmin(scores, answers, *, ties: str = "share", tolerance: Tolerance = EXACT, identical=None):
     """The original's reported figure: per feature the larger of argmax- and argmin-accuracy (a selection)."""
-    return np.maximum(argmax_accuracy(scores, answers, ties=ties), argmin_accuracy(scores, answers, ties=ties))
+    kw = dict(ties=ties, tolerance=tolerance, identical=identical)
+    return np.maximum(argmax_accuracy(scores, answers, **kw), argmin_accuracy(scores, answers, **kw))
+
+
+def identical_options(choices) -> np.ndarray:
+    """Group labels [question, option]: each option's label is the index of the first option with the same text.
+
+    choices: per question its option texts (e.g. [q.choices for q in questions]); pass the result as `identical`.
+    """
+    rows = [list(c) for c in choices]
+    if not rows or len({len(r) for r in rows}) != 1:
+        raise InputError(f"identical_options: expected the same number of option texts per question, got {sorted({len(r) for r in rows})}")
+    return np.array([[r.index(t) for t in r] for r in rows], dtype=np.int64)
 
 
 def option_auc(scores, answers):
@@ -152,10 +243,13 @@ def pick_distribution(letter_logits, *, ties: str = "share") -> np.ndarray:
     return counts
 
 
-def text_accuracy(logprob_sums, answers, *, char_lengths=None, ties: str = "share") -> Accuracy:
-    """Accuracy from summed continuation log-probs [question, 4] (lm-eval acc), or per character (acc_norm).
+def text_accuracy(logprob_sums, answers, *, char_lengths=None, ties: str = "share", tolerance: Tolerance = EXACT,
+                  identical=None) -> Accuracy:
+    """Accuracy from summed continuation log-probs [question, 4] (lm-eval acc), or divided by char_lengths.
 
-    char_lengths [question, 4]: the answer texts' lengths in characters; given, each sum is divided by it.
+    char_lengths [question, 4]: lengths in characters each sum is divided by. lm-eval's acc_norm divides by the
+    choice text's length WITHOUT the target delimiter: that is `acc_norm` below. Passing an OptionRun's n_chars
+    (the continuation, " " + text in the text format) gives the harness's older per-continuation-character variant.
     """
     lp = _check_option_matrix("logprob_sums", logprob_sums)
     if char_lengths is not None:
@@ -163,7 +257,32 @@ def text_accuracy(logprob_sums, answers, *, char_lengths=None, ties: str = "shar
         if lengths.shape != lp.shape or (lengths <= 0).any():
             raise InputError(f"char_lengths: expected positive lengths of shape {lp.shape}, got shape {lengths.shape}")
         lp = lp / lengths
-    return Accuracy.from_credit(argmax_credit(lp, answers, ties=ties))
+    return Accuracy.from_credit(argmax_credit(lp, answers, ties=ties, tolerance=tolerance, identical=identical))
+
+
+def lm_eval_choice_lengths(choices) -> np.ndarray:
+    """[question, option] lengths of the choice texts as lm-eval counts them for acc_norm: len(choice), no delimiter.
+
+    choices: per question its choice strings (the answer texts for text/cloze, the letters "A".."D" for letters).
+    """
+    rows = [list(c) for c in choices]
+    if not rows or len({len(r) for r in rows}) != 1 or not all(isinstance(t, str) for r in rows for t in r):
+        raise InputError("lm_eval_choice_lengths: expected the same number of choice strings per question")
+    lengths = np.array([[len(t) for t in r] for r in rows], dtype=np.int64)
+    if (lengths <= 0).any():
+        q, o = np.argwhere(lengths <= 0)[0]
+        raise InputError(f"lm_eval_choice_lengths: question {q} option {o} has an empty choice text")
+    return lengths
+
+
+def acc_norm(logprob_sums, answers, choices, *, ties: str = "share", tolerance: Tolerance = LOGPROB_TIE,
+             identical=None) -> Accuracy:
+    """lm-eval's acc_norm: argmax over options of summed log-prob / len(choice text) (no leading space).
+
+    choices: per question its choice strings (see lm_eval_choice_lengths). Ties within LOGPROB_TIE share credit.
+    """
+    return text_accuracy(logprob_sums, answers, char_lengths=lm_eval_choice_lengths(choices), ties=ties,
+                         tolerance=tolerance, identical=identical)
 
 
 def split_discovery_heldout(n_questions: int, *, seed: int, frac: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
@@ -181,36 +300,3 @@ def select_top_features(acc_disc, k: int) -> np.ndarray:
     if acc.ndim != 1 or not 0 < k <= acc.size:
         raise InputError(f"select_top_features: expected 0 < k <= {acc.size} features, got k={k}")
     return np.argsort(-acc, kind="stable")[:k]
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Selection:
-    """Features chosen on the discovery half and their accuracy there and on the held-out half.
-
-    discovery_max is the best-of-all figure (inflated by selection); heldout[0] is the same feature measured fresh.
-    """
-
-    features: tuple[int, ...]
-    discovery: tuple[float, ...]
-    heldout: tuple[float, ...]
-    n_discovery: int
-    n_heldout: int
-
-    @property
-    def discovery_max(self) -> float:
-        return self.discovery[0]
-
-
-def discovery_heldout(scores, answers, *, seed: int, k: int = 10, frac: float = 0.5, ties: str = "share",
-                      direction: str = "argmax") -> Selection:
-    """Select the top-k features by accuracy on a seeded discovery split, then measure them on the held-out split."""
-    if direction not in ("argmax", "argmin"):
-        raise InputError(f"direction: expected 'argmax' or 'argmin', got {direction!r}")
-    s, a, _ = _check(scores, answers)
-    read = argmax_accuracy if direction == "argmax" else argmin_accuracy
-    disc, held = split_discovery_heldout(s.shape[0], seed=seed, frac=frac)
-    acc_disc = read(s[disc], a[disc], ties=ties)
-    top = select_top_features(acc_disc, k)
-    acc_held = read(s[held][:, :, top], a[held], ties=ties)
-    return Selection(features=tuple(int(f) for f in top), discovery=tuple(float(x) for x in acc_disc[top]),
-                     heldout=tuple(float(x) for x in acc_held), n_discovery=disc.size, n_heldout=held.size)

@@ -44,7 +44,10 @@ def wilson(k: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    # k = 0 and k = n give exactly 0 and 1 in exact arithmetic; float rounding leaves ~1e-17 (issue 13 item 4)
+    lo = 0.0 if k == 0 else min(1.0, max(0.0, centre - half))
+    hi = 1.0 if k == n else min(1.0, max(0.0, centre + half))
+    return float(lo), float(hi)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -219,3 +222,157 @@ def roc_auc(scores, labels) -> float:
         raise InputError(f"roc_auc: need both classes, got {pos.size} positives and {neg.size} negatives")
     u = scipy.stats.mannwhitneyu(pos, neg, alternative="two-sided", method="asymptotic").statistic
     return float(u / (pos.size * neg.size))
+
+
+# ------------------------------------------------------------------------------------------- resampling questions
+
+
+def resample_weights(n: int, *, seed: int, n_resamples: int = N_RESAMPLES) -> np.ndarray:
+    """Bootstrap weights [resample, item]: how often each of n items is drawn in each resample (counts sum to n).
+
+    A weighted mean `weights @ x / n` is the mean of a resample, so every candidate's accuracy over resampled
+    questions is one matrix product (questions, not candidates, are the sampled unit).
+    """
+    if n < 2:
+        raise InputError(f"resample_weights: expected at least 2 items, got {n}")
+    if n_resamples < 1:
+        raise InputError(f"resample_weights: expected n_resamples >= 1, got {n_resamples}")
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)
+
+
+def percentile_ci(values, confidence: float = 0.95) -> tuple[float, float]:
+    """The two-sided percentile interval of bootstrap replicates (non-finite replicates are an error, not dropped)."""
+    v = _as_1d("bootstrap replicates", values)
+    if v.size == 0:
+        raise InputError("percentile_ci: no bootstrap replicates")
+    tail = (1 - confidence) / 2
+    lo, hi = np.quantile(v, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
+def _z(confidence: float) -> float:
+    if not 0 < confidence < 1:
+        raise InputError(f"confidence: expected a value in (0, 1), got {confidence}")
+    return float(scipy.stats.norm.ppf(0.5 + confidence / 2))
+
+
+def min_detectable_effect(*, sd: float, n: int, confidence: float = 0.95, power: float = 0.8) -> float:
+    """Smallest true effect a two-sided test at `confidence` detects with probability `power` from n items.
+
+    Normal approximation: (z_{1-alpha/2} + z_power) * sd / sqrt(n), sd the per-item standard deviation of the effect.
+    """
+    if n < 1 or not sd >= 0 or not 0 < power < 1:
+        raise InputError(f"min_detectable_effect: expected n >= 1, sd >= 0, 0 < power < 1, got n={n}, sd={sd}, power={power}")
+    return float((_z(confidence) + scipy.stats.norm.ppf(power)) * sd / math.sqrt(n))
+
+
+def n_needed(effect: float, *, sd: float, confidence: float = 0.95, power: float = 0.8) -> float:
+    """Items needed for a true `effect` to be detected with probability `power` (normal approximation; inf at 0).
+
+    power = 0.5 gives the n at which an interval centred on `effect` just excludes 0 ("would become conclusive").
+    """
+    if not sd >= 0 or not 0 < power < 1 or not math.isfinite(effect):
+        raise InputError(f"n_needed: expected finite effect, sd >= 0, 0 < power < 1, got {effect}, {sd}, {power}")
+    if effect == 0:
+        return float("inf")
+    return float(max(1, math.ceil(((_z(confidence) + scipy.stats.norm.ppf(power)) * sd / abs(effect)) ** 2)))
+
+
+def power_analysis(effect: float, ci: tuple[float, float], n: int, *, boundary: float = 0.0, confidence: float = 0.95,
+                   power: float = 0.8) -> dict:
+    """details["power"] of a comparative figure: n, effect, ci, the minimum detectable effect at this n, and the n at
+    which the observed effect would make the interval exclude `boundary`.
+
+    Normal approximation: se = CI width / (2 z), per-item sd = se * sqrt(n); so it is as good as the CI is symmetric.
+    """
+    lo, hi = (float(x) for x in ci)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi and n >= 1 and math.isfinite(effect)):
+        raise InputError(f"power_analysis: expected a finite effect and interval lo <= hi and n >= 1, got {effect}, {ci}, {n}")
+    se = (hi - lo) / (2 * _z(confidence))
+    sd = se * math.sqrt(n)
+    return {"n": int(n), "effect": float(effect), "ci": [lo, hi], "boundary": float(boundary),
+            "mde": min_detectable_effect(sd=sd, n=n, confidence=confidence, power=power), "power": power,
+            "n_for_conclusive": n_needed(effect - boundary, sd=sd, confidence=confidence, power=0.5),
+            "n_for_power": n_needed(effect - boundary, sd=sd, confidence=confidence, power=power),
+            "method": "normal approximation, se = CI width / (2 z)"}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RankCorrelation:
+    """Kendall tau-b and Spearman rho of candidates' accuracies in two settings, CIs from resampling questions.
+
+    n_questions: questions resampled; n_candidates: items ranked; n_undefined: resamples where a ranking was constant
+    (tau undefined), counted and left out of the percentile interval.
+    """
+
+    kendall: Interval
+    spearman: Interval
+    n_questions: int
+    n_candidates: int
+    n_resamples: int
+    n_undefined: int
+    resampled: str
+
+
+def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman rho per row of two [resample, item] arrays (midranks, then Pearson); NaN where a row is constant."""
+    rx, ry = scipy.stats.rankdata(x, axis=1), scipy.stats.rankdata(y, axis=1)
+    rx -= rx.mean(axis=1, keepdims=True)
+    ry -= ry.mean(axis=1, keepdims=True)
+    den = np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (rx * ry).sum(axis=1) / np.where(den > 0, den, 1), np.nan)
+
+
+def rank_correlation_over_questions(credit_a, credit_b, *, seed: int, n_resamples: int = 1000,
+                                    confidence: float = 0.95, resample_candidates: bool = False) -> RankCorrelation:
+    """Do two settings rank the same candidates alike? credit_a/b [question, candidate] on the same questions.
+
+    A setting may be a tuple of credit arrays: its accuracy is then the larger of theirs per candidate (the original's
+    "better of argmax/argmin"). Each resample draws questions with replacement and recomputes every candidate's
+    accuracy in both settings, so question-sampling noise is in the CI (optionally candidates are resampled too).
+    p-values are scipy's (they treat the accuracies as fixed).
+    """
+    parts_a = [np.asarray(c, np.float64) for c in (credit_a if isinstance(credit_a, tuple) else (credit_a,))]
+    parts_b = [np.asarray(c, np.float64) for c in (credit_b if isinstance(credit_b, tuple) else (credit_b,))]
+    a = parts_a[0]
+    shapes = {p.shape for p in parts_a + parts_b}
+    if a.ndim != 2 or len(shapes) != 1 or a.shape[1] < 3 or a.shape[0] < 2:
+        raise InputError(f"rank correlation: expected equal [question >= 2, candidate >= 3] arrays, got {sorted(shapes)}")
+    if not all(np.all(np.isfinite(p)) for p in parts_a + parts_b):
+        raise InputError("rank correlation: credit must be finite")
+    n_q, n_c = a.shape
+    w = resample_weights(n_q, seed=seed, n_resamples=n_resamples)
+    acc_a = np.max([w @ p / n_q for p in parts_a], axis=0)
+    acc_b = np.max([w @ p / n_q for p in parts_b], axis=0)
+    if resample_candidates:
+        pick = np.random.default_rng([seed, 1]).integers(0, n_c, size=(n_resamples, n_c))
+        acc_a, acc_b = np.take_along_axis(acc_a, pick, axis=1), np.take_along_axis(acc_b, pick, axis=1)
+    taus = np.array([scipy.stats.kendalltau(x, y).statistic if np.ptp(x) > 0 and np.ptp(y) > 0 else np.nan
+                     for x, y in zip(acc_a, acc_b)])
+    rhos = _spearman_rows(acc_a, acc_b)
+    ok = np.isfinite(taus) & np.isfinite(rhos)
+    if not ok.any():
+        raise InputError("rank correlation: a ranking is constant in every resample (all candidates equally accurate)")
+    x, y = np.max([p.mean(axis=0) for p in parts_a], axis=0), np.max([p.mean(axis=0) for p in parts_b], axis=0)
+    tau, rho = scipy.stats.kendalltau(x, y), scipy.stats.spearmanr(x, y)
+    k_lo, k_hi = percentile_ci(taus[ok], confidence)
+    s_lo, s_hi = percentile_ci(rhos[ok], confidence)
+    return RankCorrelation(
+        kendall=Interval(value=float(tau.statistic), lo=k_lo, hi=k_hi, pvalue=float(tau.pvalue)),
+        spearman=Interval(value=float(rho.statistic), lo=s_lo, hi=s_hi, pvalue=float(rho.pvalue)),
+        n_questions=n_q, n_candidates=n_c, n_resamples=n_resamples, n_undefined=int((~ok).sum()),
+        resampled="questions and candidates" if resample_candidates else "questions")
+
+
+def paired_difference(a_credit, b_credit, *, seed: int, n_resamples: int = N_RESAMPLES,
+                      confidence: float = 0.95) -> tuple[Interval, PairedTest]:
+    """Mean(a - b) over the same questions: a percentile CI from resampling questions, and the paired test's p."""
+    a, b = _as_1d("a_credit", a_credit), _as_1d("b_credit", b_credit)
+    if a.size != b.size:
+        raise InputError(f"paired_difference: a and b must cover the same questions, got {a.size} and {b.size}")
+    d = a - b
+    reps = resample_weights(d.size, seed=seed, n_resamples=n_resamples) @ d / d.size
+    lo, hi = percentile_ci(reps, confidence)
+    test = paired_test(a, b, seed=seed)
+    return Interval(value=float(d.mean()), lo=lo, hi=hi, pvalue=test.pvalue), test

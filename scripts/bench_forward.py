@@ -1,7 +1,10 @@
 """Forward throughput (tokens/s) of each execution form at batch 8×128 on the default SmolLM2, beside transformers.
 
 Same weights (the default GGUF), same random token ids, float32 on CPU for transformers; after one warm-up
-call (whose time, compilation included, is printed too) the median of --runs timed calls is reported.
+call (whose time, compilation included, is printed too) the median of --runs timed calls is reported, with the
+efficiency of harness.efficiency (the definition bench_evaluation.py uses): XLA cost-analysis FLOPs of the forward
+(counted on the unrolled form; every row does the same math) / median seconds, against a jitted f32 matmul
+[batch x seq, d_model] @ [d_model, d_ffn] timed in the same run. JAX's persistent compilation cache is off.
 Run: python scripts/bench_forward.py [--runs 3] [--batch 8] [--seq 128]
 """
 
@@ -13,7 +16,10 @@ import time
 
 import jax
 import numpy as np
+from penzai import pz
 
+from harness import compile_cache
+from harness import efficiency as eff
 from harness.model import capture, forms
 from harness.model.forms import Form
 from harness.model.sources import default_gguf_path, read_checkpoint
@@ -68,13 +74,25 @@ def main() -> None:
     args = parser.parse_args()
     checkpoint = read_checkpoint(None)
     tokens = np.random.default_rng(0).integers(0, checkpoint.config.vocab_size, size=(args.batch, args.seq))
-    results = bench_ours(checkpoint, tokens, args.runs) | bench_transformers(tokens, args.runs)
-    n_tokens = args.batch * args.seq
+    with compile_cache.disabled():
+        results = bench_ours(checkpoint, tokens, args.runs) | bench_transformers(tokens, args.runs)
+    flops = forward_flops(checkpoint, tokens)
+    cfg, n_tokens = checkpoint.config, args.batch * args.seq
+    peak = eff.matmul_flops_per_s(n_tokens, cfg.d_model, cfg.d_ffn)
     print(f"\nforward of {args.batch}x{args.seq} tokens, SmolLM2-135M-Instruct (float32), {jax.devices()[0].platform}, "
-          f"median of {args.runs} after warm-up")
-    print(f"{'implementation':<48} {'tokens/s':>10} {'median s':>10} {'first call s':>13}")
+          f"median of {args.runs} after warm-up; {flops / 1e9:.1f} GFLOP per forward (XLA cost analysis); "
+          f"jitted f32 matmul [{n_tokens},{cfg.d_model}]@[{cfg.d_model},{cfg.d_ffn}]: {peak / 1e9:.1f} GFLOP/s")
+    print(f"{'implementation':<48} {'tokens/s':>10} {'median s':>10} {'first call s':>13} {'efficiency':>11}")
     for name, (first, median) in results.items():
-        print(f"{name:<48} {n_tokens / median:>10.0f} {median:>10.3f} {first:>13.2f}")
+        e = eff.Efficiency(flops=flops, seconds=median, matmul_shape=(n_tokens, cfg.d_model, cfg.d_ffn),
+                           matmul_flops_per_s=peak)
+        print(f"{name:<48} {n_tokens / median:>10.0f} {median:>10.3f} {first:>13.2f} {e.fraction:>11.0%}")
+
+
+def forward_flops(checkpoint, tokens: np.ndarray) -> float:
+    """XLA cost-analysis FLOPs of one full-logits forward on `tokens`, counted on the unrolled form (no while loop)."""
+    unrolled = forms.build_model(checkpoint, form=Form.UNROLLED)
+    return eff.lowered_flops(capture._logits.lower(pz.freeze_params(unrolled), np.asarray(tokens, np.int32)))
 
 
 if __name__ == "__main__":

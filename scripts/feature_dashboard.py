@@ -23,7 +23,7 @@ from harness.data.subset import stratified_subset  # noqa: E402
 from harness.errors import InputError  # noqa: E402
 from harness.model.forms import Form, build_model  # noqa: E402
 from harness.model.sources import read_checkpoint  # noqa: E402
-from harness.profiles import get_profile  # noqa: E402
+from harness.claims.profiles import get_profile  # noqa: E402
 from harness.sae.formats import load_any  # noqa: E402
 from harness.sae.sae import check_compatible  # noqa: E402
 

@@ -19,7 +19,7 @@ sys.path[:0] = [str(SCRIPTS.parent), str(SCRIPTS)]
 
 from harness.model.forms import Form, build_model  # noqa: E402
 from harness.model.sources import read_checkpoint  # noqa: E402
-from harness.profiles import DEFAULT_SAE_DIR  # noqa: E402
+from harness.claims.profiles import DEFAULT_SAE_DIR  # noqa: E402
 from harness.sae.corpus import CorpusConfig, train_heldout_chunks  # noqa: E402
 from harness.sae.formats import load_sae, read_card  # noqa: E402
 from harness.sae.splice import evaluate_sae  # noqa: E402

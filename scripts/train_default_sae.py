@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from harness.model.forms import Form, build_model  # noqa: E402
 from harness.model.sources import default_gguf_path, read_checkpoint  # noqa: E402
-from harness.profiles import DEFAULT_SAE_DIR, PROFILES  # noqa: E402
+from harness.claims.profiles import DEFAULT_SAE_DIR, PROFILES  # noqa: E402
 from harness.sae.corpus import MIN_DOC_CHARS, CorpusConfig, train_heldout_chunks  # noqa: E402
 from harness.sae.formats import load_sae, read_card, save_sae  # noqa: E402
 from harness.sae.sae import SAEMeta  # noqa: E402

@@ -56,3 +56,25 @@ def strictly_increasing_maps() -> st.SearchStrategy:
 
 
 positive_scales = st.floats(1e-3, 1e3)
+
+
+# Floats for C1 as a property of the scorer: anything finite (up to ±1.8e308, subnormals), tiny values, small integers
+# (exact ties); then some options are set equal to, or one ulp away from, option 0 of their question (near-ties).
+finite_floats = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.floats(-1e-300, 1e-300),
+    st.integers(-3, 3).map(float),
+)
+
+
+@st.composite
+def float_scored_questions(draw, *, max_questions: int = 6, max_features: int = 3):
+    """(scores [question, 4, feature] of arbitrary finite floats with planted equal / one-ulp neighbours, answers)."""
+    n_q, n_f = draw(st.integers(1, max_questions)), draw(st.integers(1, max_features))
+    s = draw(hnp.arrays(np.float64, (n_q, N_OPTIONS, n_f), elements=finite_floats))
+    tweaks = draw(st.lists(st.tuples(st.integers(0, n_q - 1), st.integers(1, N_OPTIONS - 1), st.integers(0, n_f - 1),
+                                     st.sampled_from(["equal", "up", "down"])), max_size=6))
+    for q, o, f, kind in tweaks:
+        v = s[q, 0, f] if kind == "equal" else np.nextafter(s[q, 0, f], np.inf if kind == "up" else -np.inf)
+        s[q, o, f] = v if np.isfinite(v) else s[q, 0, f]
+    return s, draw(answers(n_q))

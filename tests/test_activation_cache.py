@@ -64,3 +64,38 @@ def test_digests_change_with_content(tmp_path):
     f.write_bytes(b"abd")
     assert digest_file(f) != before
     assert len(code_version()) == 64
+
+
+def test_keys_differing_inside_a_large_array_are_different_entries(cache):
+    a = np.arange(2000)
+    b = a.copy()
+    b[1000] = -1  # numpy prints both as [0 1 2 ... 1999]
+    assert str(a) == str(b)
+    cache.get_or_compute({"ids": a}, lambda: _arrays(1))
+    got = cache.get_or_compute({"ids": b}, lambda: _arrays(2))
+    np.testing.assert_array_equal(got["resid"], _arrays(2)["resid"])
+    assert (cache.hits, cache.misses) == (0, 2)
+    assert cache.path_for({"ids": a}) != cache.path_for({"ids": a.astype(np.int32)})  # dtype is part of the key
+    assert cache.path_for({"ids": a}) != cache.path_for({"ids": a.reshape(40, 50)})  # and shape
+
+
+def test_a_read_only_folder_serves_hits_and_skips_writes_once_said(tmp_path, monkeypatch):
+    import harness.activation_cache as module
+
+    writable = ActivationCache(directory=tmp_path / "cache")
+    writable.get_or_compute({"layer": 1}, _arrays)
+    cache = ActivationCache(directory=tmp_path / "cache")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(module.tempfile, "mkstemp", refuse)  # as root a chmod would not stop writes
+    with pytest.warns(UserWarning, match="cannot write") as caught:
+        got = cache.get_or_compute({"layer": 2}, lambda: _arrays(3))
+        cache.get_or_compute({"layer": 3}, lambda: _arrays(4))
+    assert len(caught) == 1
+    np.testing.assert_array_equal(got["resid"], _arrays(3)["resid"])
+    hit = cache.get_or_compute({"layer": 1}, lambda: _arrays(9))
+    np.testing.assert_array_equal(hit["resid"], _arrays()["resid"])
+    assert (cache.hits, cache.misses, cache.writes_skipped) == (1, 2, 2)
+    assert "read-only" in cache.summary() and "2 writes skipped" in cache.summary()

@@ -1,13 +1,19 @@
 """activations.collect on a tiny random model: batched, bucketed, right-padded results equal an independent
-computation that runs one sequence at a time with no padding (numpy log-softmax over capture.logits)."""
+computation that runs one sequence at a time with no padding (numpy log-softmax over capture.logits); the bucket
+policy (plan_batches) on synthetic length lists: every sequence once, in a bucket that holds it, within the shape bound,
+with the padding it reports."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from checkpoints import tiny_checkpoint
-from harness.activations import bucket_length, collect, plan_batches
+from harness import compile_cache
+from harness.activations import MAX_SHAPES, Progress, collect, grid_length, plan_batches, plan_stats
 from harness.data.records import MCQuestion
 from harness.errors import InputError
 from harness.model import capture, forms
@@ -109,7 +115,65 @@ def test_batches_cover_every_sequence_once_at_a_bucket_that_holds_it():
     for length, rows, members in plan:
         assert len(members) <= rows and rows * length <= max(128, length)
         assert all(lengths[i] <= length for i in members)
-    assert bucket_length(129, 130) == 130 and bucket_length(3, 128) == 32
+    assert grid_length(129, 130) == 130 and grid_length(3, 128) == 16 and grid_length(300, 4096) == 320
+
+
+@given(lengths=st.lists(st.integers(1, 700), min_size=1, max_size=300), max_shapes=st.integers(1, 10),
+       budget=st.sampled_from([700, 1024, 4096]), batch_size=st.integers(1, 64), multiple=st.sampled_from([1, 2]))
+def test_plan_is_a_partition_within_the_shape_bound_and_reports_its_padding(lengths, max_shapes, budget, batch_size,
+                                                                           multiple):
+    plan = plan_batches(lengths, max_len=700, batch_size=batch_size, token_budget=budget, multiple=multiple,
+                        max_shapes=max_shapes)
+    assert sorted(i for _, _, m in plan for i in m) == list(range(len(lengths)))
+    for length, rows, members in plan:
+        assert 1 <= len(members) <= rows and rows % multiple == 0 and length <= 700
+        assert all(lengths[i] <= length for i in members)
+        assert rows <= max(multiple, min(batch_size, budget // length))      # the row cap and the token budget
+    stats = plan_stats(plan, lengths)
+    assert stats.n_shapes == len({(r, n) for n, r, _ in plan}) <= max_shapes
+    assert stats.n_sequences == len(lengths) and stats.n_batches == len(plan)
+    assert stats.real_tokens == sum(lengths)
+    assert stats.padded_tokens == sum(r * n for n, r, _ in plan) >= stats.real_tokens
+    assert stats.waste == pytest.approx(stats.padded_tokens / sum(lengths))
+
+
+def test_more_shapes_never_cost_more_padding_and_the_default_bound_holds_on_a_wide_spread():
+    lengths = np.random.default_rng(0).integers(20, 2000, 5000).tolist()
+    padded = [plan_stats(plan_batches(lengths, max_len=2048, batch_size=4096, token_budget=4096, max_shapes=k),
+                         lengths).padded_tokens for k in (1, 2, 4, 8, 16)]
+    assert padded == sorted(padded, reverse=True) and padded[-1] < padded[0]
+    stats = plan_stats(plan_batches(lengths, max_len=2048, batch_size=4096, token_budget=4096), lengths)
+    assert stats.n_shapes == MAX_SHAPES and stats.waste < 1.25
+
+
+def test_a_length_past_max_len_or_a_bad_bound_is_an_input_error():
+    with pytest.raises(InputError, match="sequence length 130"):
+        plan_batches([5, 130], max_len=128, batch_size=2, token_budget=128)
+    with pytest.raises(InputError, match="max_shapes=0"):
+        plan_batches([5], max_len=128, batch_size=2, token_budget=128, max_shapes=0)
+    assert plan_batches([], max_len=128, batch_size=2, token_budget=128) == []
+
+
+def test_collect_reports_its_batches_and_calls_progress_after_each(model, checkpoint):
+    seen: list[Progress] = []
+    run = collect(model, checkpoint, QUESTIONS, fmt="cloze", layer=LAYER, batch_size=2, token_budget=64,
+                  progress=seen.append, packed=False, max_shapes=2)
+    stats = run.batches
+    assert stats.n_sequences == run.n_sequences == 12 and stats.n_shapes <= 2 and run.padded_tokens == stats.padded_tokens
+    assert stats.real_tokens == sum(len(checkpoint.tokenizer.encode(p)) for p in _joined(checkpoint, "cloze"))
+    assert len(seen) == stats.n_batches and [p.done for p in seen] == sorted(p.done for p in seen)
+    assert seen[-1].done == seen[-1].total == 12 and seen[-1].tokens == stats.real_tokens
+    assert seen[-1].padded_tokens == stats.padded_tokens and seen[-1].tokens_per_s > 0
+    assert seen[-1].label == "cloze forwards"
+    assert 0 < stats.forward_seconds <= stats.seconds and stats.host_seconds >= 0
+    with pytest.raises(InputError, match="progress=True"):
+        collect(model, checkpoint, QUESTIONS, fmt="cloze", layer=LAYER, progress=True)
+
+
+def _joined(checkpoint, fmt):
+    """Every option's full text (context + continuation), as the per-option path encodes it."""
+    tok = checkpoint.tokenizer
+    return [context_text(tok, q, fmt) + c for q in QUESTIONS for c in continuations(q, fmt)]
 
 
 def test_bad_hook_and_format_are_rejected(model, checkpoint):
@@ -117,3 +181,17 @@ def test_bad_hook_and_format_are_rejected(model, checkpoint):
         collect(model, checkpoint, QUESTIONS, fmt="cloze", layer=LAYER, hook="resid_mid", progress=False)
     with pytest.raises(InputError, match="'mcf'"):
         collect(model, checkpoint, QUESTIONS, fmt="mcf", layer=LAYER, progress=False)
+
+
+@pytest.mark.slow  # compiles the tiny forward afresh
+def test_the_packed_path_compiles_one_forward_per_planned_shape_and_reuses_it(model, checkpoint):
+    # One row per batch (token_budget 1), one shape: the three rows need 5, 4 and 4 predictors ("hell no" is two
+    # words), which must not become separate compiles.
+    jax.clear_caches()
+    with compile_cache.disabled(), compile_cache.watch() as log:
+        run = collect(model, checkpoint, QUESTIONS, fmt="text", layer=LAYER, token_budget=1, max_shapes=1)
+        again = collect(model, checkpoint, QUESTIONS, fmt="text", layer=LAYER, token_budget=1, max_shapes=1)
+    assert run.batches.n_batches == 3 and run.batches.n_shapes == 1
+    assert sum("_resid_and_logits_jit" in name for name in log.names) == 1
+    assert run.batches.n_compiles >= 1 and again.batches.n_compiles == 0
+    np.testing.assert_array_equal(run.logprob, again.logprob)

@@ -285,3 +285,96 @@ def test_stratified_subset_equal_subjects_get_equal_shares():
     questions = tuple(mk(s, i) for s in ("x", "y", "z") for i in range(10))
     subset, note = stratified_subset(questions, 12, seed=3)
     assert note.counts() == {"x": 4, "y": 4, "z": 4} and len(set(subset)) == 12
+
+
+# ---- the loaders' contract: one-line errors, nothing skipped uncounted, strict mode -------------------------
+
+
+def _val_folder(tmp_path, files):
+    folder = tmp_path / "val"
+    folder.mkdir(parents=True)
+    for name, content in files.items():
+        (folder / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    return folder
+
+
+def _error_line(call) -> str:
+    with pytest.raises(InputError) as err:
+        call()
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_hendrycks_folder_lists_every_file_it_did_not_read(tmp_path):
+    good = csv_text(HENDRYCKS["high_school_biology"])
+    folder = _val_folder(tmp_path, {"high_school_biology_val.csv": good, "virology_val.CSV": good, "biology.csv": good,
+                                    "anatomy_test.csv": good, "README.md": "notes"})
+    questions, report = load_hendrycks_csv(folder, split="val")
+    assert len(questions) == 2 and report.n_bad == 0
+    skipped = dict(report.skipped_files)
+    assert set(skipped) == {"virology_val.CSV", "biology.csv", "anatomy_test.csv", "README.md"}
+    assert "lower-case '.csv'" in skipped["virology_val.CSV"] and "<subject>_<val|test|dev>.csv" in skipped["biology.csv"]
+    assert "files not read 4" in report.summary()
+    message = _error_line(lambda: load_hendrycks_csv(folder, split="val", strict=True))
+    assert "biology.csv" in message and "strict" in message
+
+
+def test_hendrycks_bom_is_stripped_and_other_encodings_name_the_line(tmp_path):
+    good = csv_text(HENDRYCKS["high_school_biology"])
+    plain, _ = load_hendrycks_csv(_val_folder(tmp_path / "a", {"x_val.csv": good}))
+    with_bom, _ = load_hendrycks_csv(_val_folder(tmp_path / "b", {"x_val.csv": b"\xef\xbb\xbf" + good.encode()}))
+    assert [q.question for q in with_bom] == [q.question for q in plain] == ["What is a cell?", "Which, with a comma,\nand a newline?"]
+    latin1 = good.replace("Which", "Wh\u00efch").encode("latin-1")
+    message = _error_line(lambda: load_hendrycks_csv(_val_folder(tmp_path / "c", {"x_val.csv": latin1})))
+    assert "x_val.csv" in message and "not UTF-8" in message and "byte 0xef at line 2" in message
+
+
+def test_hendrycks_unclosed_quote_names_its_line_and_swallows_nothing(tmp_path):
+    rows = ["q1,a,b,c,d,A", 'q2 "unclosed,a,b,c,d,B', '"q3 opens here,a,b,c,d,C', "q4,a,b,c,d,D", "q5,a,b,c,d,A"]
+    message = _error_line(lambda: load_hendrycks_csv(_val_folder(tmp_path, {"x_val.csv": "\n".join(rows) + "\n"})))
+    assert "x_val.csv line 3" in message and "never closed" in message and "lines 3-5" in message
+
+
+def test_a_five_column_row_has_a_plain_reason_and_strict_turns_it_into_an_error(tmp_path):
+    folder = _val_folder(tmp_path, {"x_val.csv": "q1,a,b,c,d,A\nq2,a,b,c,B\n"})
+    questions, report = load_hendrycks_csv(folder)
+    assert len(questions) == 1 and report.bad_rows[0][0] == 1
+    assert report.bad_rows[0][1] == "x_val.csv row 1 (line 2): expected 6 columns (question, A, B, C, D, answer), got 5"
+    assert report.examples() == (report.bad_rows[0][1],)
+    assert "x_val.csv row 1 (line 2)" in _error_line(lambda: load_hendrycks_csv(folder, strict=True))
+
+
+def test_hendrycks_file_errors_are_one_line(tmp_path):
+    folder = _val_folder(tmp_path, {"x_val.csv": "q1,a,b,c,d,A\n"})
+    os.symlink("loop_val.csv", folder / "loop_val.csv")
+    assert "loop_val.csv: is a symlink loop or broken link" in _error_line(lambda: load_hendrycks_csv(folder))
+    (folder / "loop_val.csv").unlink()
+    (folder / "dir_val.csv").mkdir()
+    assert "dir_val.csv: is a folder" in _error_line(lambda: load_hendrycks_csv(folder))
+    (folder / "dir_val.csv").rmdir()
+    (folder / "huge_val.csv").write_text("q" * 200_000 + ",a,b,c,d,A\n")
+    assert "huge_val.csv line 1" in _error_line(lambda: load_hendrycks_csv(folder))
+    assert "does not exist" in _error_line(lambda: load_hendrycks_csv(tmp_path / "absent"))
+    broken = tmp_path / "data.tar"
+    with tarfile.open(broken, "w") as tar:
+        data = b"q1,a,b,c,d,A\n" * 200
+        info = tarfile.TarInfo("data/val/x_val.csv")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    broken.write_bytes(broken.read_bytes()[:1200])
+    assert "data.tar" in _error_line(lambda: load_hendrycks_csv(broken, split="val"))
+
+
+def test_mc_jsonl_bom_bad_lines_and_strict(tmp_path):
+    rows = [mc_row("q0"), mc_row("q1")]
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode())
+    questions, _ = read_mc_jsonl(path, source="test")
+    assert [q.question for q in questions] == ["q0", "q1"]
+    path.write_text(json.dumps(rows[0]) + "\n[1, 2]\n" + json.dumps(rows[1]) + "\n")
+    questions, report = read_mc_jsonl(path, source="test")
+    assert len(questions) == 2 and report.bad_rows[0][0] == 1 and "line 2" in report.bad_rows[0][1]
+    assert "line 2" in _error_line(lambda: read_mc_jsonl(path, source="test", strict=True))
+    path.write_bytes(json.dumps(rows[0]).encode() + b"\n" + json.dumps(rows[1]).replace("q1", "q\xe91").encode("latin-1"))
+    assert "line 2" in _error_line(lambda: read_mc_jsonl(path, source="test"))
+    assert "x.jsonl" in _error_line(lambda: load_control_set(path))

@@ -99,10 +99,16 @@ def test_a_planted_feature_is_found_on_its_pattern_and_tops_the_dashboard(tmp_pa
     assert n_planted == 6
     assert all(c.origin == FC.PLAIN and c.tokens[c.peak] == f"<{PATTERN[1]}>" and c.tokens[c.peak - 1] == f"<{PATTERN[0]}>"
                for c in ctxs[:n_planted])
-    assert all(c.value == 0 for c in ctxs[n_planted:])
-    fire = FC.firing([plain, mc], feature=PLANTED, reading="encoder", top_n=n_planted)
+    assert len(ctxs) == n_planted  # 10 asked for, only the 6 sequences that fire compete: no zero-valued padding
+    fire = FC.firing([plain, mc], feature=PLANTED, reading="encoder", top_n=10)
+    assert fire.top_n == n_planted and fire.top_n_requested == 10
     assert fire.answer_share_top == 0.0 and fire.plain_share_top == 1.0
-    assert fire.max[FC.PLAIN] > 2.0 - 0.5 and fire.max[FC.ANSWER] == 0.0 and fire.max_ratio == float("inf")
+    assert fire.max[FC.PLAIN] > 2.0 - 0.5 and fire.max[FC.ANSWER] == 0.0
+    assert np.isnan(fire.max_ratio)  # never inf
+    share = FC.answer_share(fire)
+    assert share.value == 0.0 and share.n == n_planted and share.ci[0] == 0.0 and 0 < share.ci[1] < 1
+    comp = FC.max_comparison(fire)
+    assert np.isfinite(comp.value) and comp.n == fire.n_positions[FC.ANSWER] and comp.ci[0] >= 0
 
     study = FC.FeatureStudy(feature=PLANTED, reading="encoder", sets=(plain, mc), firing=fire, contexts=tuple(ctxs[:n_planted]))
     html_path, md_path = dashboards.write_dashboard(dashboards.dashboard_of(study, profile="test"), tmp_path)
@@ -146,3 +152,54 @@ def test_batched_padded_activations_equal_one_sequence_at_a_time(tiny):
         expected = np.maximum(r @ np.asarray(params.W_enc)[:, [1, 5]], 0)
         np.testing.assert_allclose(got[1][i], expected[:, 0], rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(got[5][i], expected[:, 1], rtol=1e-4, atol=1e-4)
+
+
+def _token_set(name, acts, *, answer_last: bool):
+    """A TokenSet of given activation rows (all positions counted; the last one an answer position if answer_last)."""
+    acts = [np.asarray(a, np.float32) for a in acts]
+    answer = []
+    for a in acts:
+        m = np.zeros(a.size, bool)
+        m[-1] = answer_last
+        answer.append(m)
+    return FC.TokenSet(name=name, tokens=tuple(np.arange(a.size) for a in acts), acts=tuple(acts),
+                       counted=tuple(np.ones(a.size, bool) for a in acts), answer=tuple(answer),
+                       labels=tuple(f"{name} {i}" for i in range(len(acts))))
+
+
+def test_ties_are_not_ordered_in_favour_of_plain_text():
+    plain = _token_set(FC.PLAIN, [[0, 1.0, 0]] * 50, answer_last=False)  # every sequence peaks at exactly 1.0
+    mc = _token_set("MC prompt (letter)", [[0, 0, 1.0]] * 50, answer_last=True)  # ... and so does every answer
+    fire = FC.firing([plain, mc], feature=0, reading="encoder", top_n=20, seed=0)
+    # plain text used to win every tie (it comes first); now ties are ordered at random: about half answers
+    assert 4 <= fire.top_origins[FC.ANSWER] <= 16 and fire.top_n == 20
+    again = FC.firing([plain, mc], feature=0, reading="encoder", top_n=20, seed=0)
+    assert again.top_origins == fire.top_origins  # seeded
+
+
+def test_a_feature_that_never_fires_gives_an_undecidable_measurement_not_inf_or_padding():
+    plain = _token_set(FC.PLAIN, [[0, 0, 0]] * 30, answer_last=False)
+    mc = _token_set("MC prompt (letter)", [[0, -1.0, 0]] * 30, answer_last=True)
+    fire = FC.firing([plain, mc], feature=0, reading="decoder", top_n=20)
+    assert fire.top_n == 0 and np.isnan(fire.answer_share_top)
+    share, comp = FC.answer_share(fire), FC.max_comparison(fire)
+    assert np.isnan(share.value) and share.ci is None and share.details["decidable"] is False
+    assert np.isnan(comp.value) and comp.ci is None and "undecidable" in comp.statistic
+    assert not any(np.isinf(x) for x in (fire.max_ratio, comp.value, share.value))
+
+
+@pytest.mark.parametrize("shift,expected", [(1.0, "plain"), (-1.0, "answer"), (0.0, "undecided")])
+def test_equal_size_maxima_compare_like_with_like(shift, expected):
+    rng = np.random.default_rng(3)
+    plain = rng.exponential(size=20_000)  # many plain-text tokens, same distribution as the answers when shift = 0
+    answer = rng.exponential(size=200) + max(0.0, -shift) * 8
+    plain = plain + max(0.0, shift) * 8
+    got = FC.equal_size_maxima(plain, answer, seed=0, n_resamples=500)
+    lo, hi = got["ci"]
+    if expected == "plain":
+        assert lo > 0
+    elif expected == "answer":
+        assert hi < 0
+    else:  # the raw max over 20,000 tokens beats the one over 200 almost surely; equal-size draws do not
+        assert plain.max() > answer.max() and lo < 0 < hi
+    assert got["m"] == 200 and got["decidable"]

@@ -61,14 +61,14 @@ def test_a_model_that_always_picks_b_gets_the_share_of_b_answers_in_each_rotatio
     assert study.key == (200, 200, 200, 200)
     assert study.test.pvalue < 1e-100
     expected = [np.mean((original + s) % 4 == 1) for s in FR.SHIFTS]
-    assert FR.rotation_spread(study).value == pytest.approx(max(expected) - min(expected))
+    assert study.spread == pytest.approx(max(expected) - min(expected))
 
 
 def test_a_model_that_reads_the_answer_is_robust_and_picks_like_the_key():
     study = FR.rotation_study(_questions(60), knows_the_answer, name="oracle")
     assert [a.value for a in study.accuracy] == [1.0] * 4
     assert study.spread == 0.0
-    assert FR.pick_distribution_p(study).value == pytest.approx(1.0)
+    assert study.test.pvalue == pytest.approx(1.0)
 
 
 def test_a_question_unscored_in_one_rotation_is_left_out_of_all_and_counted():
@@ -88,13 +88,14 @@ def test_a_scorer_returning_the_wrong_shape_is_an_input_error():
         FR.rotation_study(_questions(5), lambda qs, s: np.zeros((len(qs), 3)), name="bad")
 
 
-def test_variant_spread_needs_the_same_questions():
-    from harness.stats import Accuracy
+def test_variant_spread_is_decided_on_a_question_bootstrap_of_the_same_questions():
+    from harness.claims.measures import FormatCredits, variant_spread
 
-    a, b = Accuracy.from_credit([1, 0, 0, 1]), Accuracy.from_credit([1, 1, 1, 0])
-    assert FR.variant_spread({"x": a, "y": b}).value == pytest.approx(0.25)
-    with pytest.raises(InputError, match="numbers of questions"):
-        FR.variant_spread({"x": a, "y": Accuracy.from_credit([1, 0])})
+    credits = FormatCredits(study=None, rotations={}, variants={"x": np.array([1, 0, 0, 1] * 25), "y": np.array([1, 1, 1, 0] * 25)})
+    m = variant_spread(credits)
+    assert m.value == pytest.approx(0.25) and m.n == 100 and m.ci[0] <= 0.25 <= m.ci[1] and m.ci[1] - m.ci[0] > 0.05
+    with pytest.raises(InputError, match="same questions"):
+        variant_spread(FormatCredits(study=None, rotations={}, variants={"x": np.ones(4), "y": np.ones(2)}))
 
 
 def test_the_original_variant_renders_the_harness_letter_prompt():
@@ -127,3 +128,79 @@ def test_logits_read_out_from_the_last_block_equal_the_full_forward(tiny):
     for c, p, g in zip(contexts, probes, got):
         full = np.asarray(capture.logits(model, np.array([c]), max_context=ck.config.max_context))[0, -1]
         np.testing.assert_allclose(g, full[p], rtol=1e-4, atol=1e-4)
+
+
+# --- letters on a SentencePiece tokenizer with Phi-3's specials (tests/standins.py) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def phi3_tiny(tmp_path_factory):
+    """A 2-layer stand-in Phi-3 (SentencePiece-BPE tokenizer, Phi-3 specials and template) and its scan model."""
+    import standins
+
+    folder = standins.phi3_hf_folder(tmp_path_factory.mktemp("phi3") / "phi3",
+                                     config=standins.phi3_config(num_hidden_layers=2))
+    from harness.model.hf_reader import read_hf_dir
+
+    ck = read_hf_dir(folder)
+    return ck, forms.build_model(ck, form=forms.Form.SCAN)
+
+
+@pytest.mark.parametrize("variant", FR.VARIANTS, ids=lambda v: v.name)
+def test_every_variant_reads_its_letters_from_the_joined_encoding(phi3_tiny, variant):
+    tok = phi3_tiny[0].tokenizer
+    q = _questions(1)[0]
+    context = FR.variant_context(tok, q, variant)
+    read = FR.letter_reading(tok, context, variant)  # the lone " A" is two tokens: this used to raise
+    for letter, ids in zip("ABCD", read.ids):
+        cont = variant.continuation.format(letter=letter)
+        assert list(ids) == tok.encode(context + cont)
+        assert list(ids[: read.start]) == tok.encode(context)
+    lengths = [len(ids) - read.start for ids in read.ids]
+    assert read.boundary_mismatches == 0 and min(lengths) >= 1
+    assert read.single_tokens == (tuple(ids[-1] for ids in read.ids) if lengths == [1] * 4 else None)
+    if variant.name == "paren-open":  # after "(" the letter is the bare "A", not the lone-encoded "▁A"
+        assert not set(read.single_tokens) & {tok.encode(l, add_bos=False)[0] for l in "ABCD"}
+    else:  # " B" is "▁" + "B" in this vocabulary ("▁B" is no piece): a two-token letter, scored as a sequence
+        assert max(lengths) == 2
+
+
+def _reference_logprob(model, ck, ids, start):
+    logits = np.asarray(capture.logits(model, np.array([ids]), max_context=ck.config.max_context), np.float64)[0]
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    return sum(logp[t - 1, ids[t]] for t in range(start, len(ids)))
+
+
+def test_single_token_letters_score_by_their_logits_and_multi_token_ones_by_summed_logprob(phi3_tiny):
+    ck, model = phi3_tiny
+    tok = ck.tokenizer
+    qs = _questions(2, seed=5)
+    single = FR.letter_scorer(model, ck, FR.VARIANT_BY_NAME["paren-open"])(qs, 0)
+    for q, row in zip(qs, single):
+        ctx = FR.variant_context(tok, q, FR.VARIANT_BY_NAME["paren-open"])
+        ids = tok.encode(ctx)
+        full = np.asarray(capture.logits(model, np.array([ids]), max_context=ck.config.max_context))[0, -1]
+        np.testing.assert_allclose(row, full[[tok.encode(ctx + l)[-1] for l in "ABCD"]], rtol=1e-4, atol=1e-4)
+    wrapped = FR.LetterVariant(name="wrapped", label="({letter}) {choice}", prefix="Answer:", continuation=" ({letter})")
+    scorer = FR.letter_scorer(model, ck, wrapped)
+    multi = scorer(qs, 0)
+    assert scorer.sequence_scored == [2]
+    for q, row in zip(qs, multi):
+        read = FR.letter_reading(tok, FR.variant_context(tok, q, wrapped), wrapped)
+        assert all(len(ids) - read.start == 3 for ids in read.ids)  # "▁(", letter, ")"
+        expected = [_reference_logprob(model, ck, list(ids), read.start) for ids in read.ids]
+        np.testing.assert_allclose(row, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_a_continuation_that_retokenizes_the_context_is_scored_from_the_shared_prefix(byte_level_tok):
+    # "xh" + "ello": the joined string merges across the join ("hell"), so the context's last token is re-read too
+    read = prompts.letter_continuations(byte_level_tok, "xh", ["ello", "ey", "i", "o"])
+    ctx = byte_level_tok.encode("xh")
+    assert read.start < len(ctx) and read.boundary_mismatches >= 1 and read.single_tokens is None
+    for cont, ids in zip(["ello", "ey", "i", "o"], read.ids):
+        assert list(ids) == byte_level_tok.encode("xh" + cont) and list(ids[: read.start]) == ctx[: read.start]
+
+
+@pytest.fixture(scope="module")
+def byte_level_tok(tiny):
+    return tiny[0].tokenizer

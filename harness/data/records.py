@@ -1,7 +1,8 @@
 """The one multiple-choice record type and the report every loader returns beside its records.
 
 Loaders never drop a row silently: each row read is either kept as an `MCQuestion` or listed in
-`LoadReport.bad_rows` with the reason, so n_read == n_kept + len(bad_rows) + n_skipped.
+`LoadReport.bad_rows` with the reason, so n_read == n_kept + len(bad_rows) + n_skipped; files of a data
+folder that were not read are listed in `skipped_files` with why. `strict=True` turns any bad row into an error.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class LoadReport:
     n_kept: int
     bad_rows: tuple[tuple[int, str], ...] = ()
     skipped: tuple[tuple[int, str], ...] = ()
+    skipped_files: tuple[tuple[str, str], ...] = ()  # (file, why it was not read)
 
     def __post_init__(self):
         if self.n_read != self.n_kept + len(self.bad_rows) + len(self.skipped):
@@ -75,7 +77,14 @@ class LoadReport:
 
     def summary(self) -> str:
         """One line for logs and reports."""
-        return (f"{self.source}: read {self.n_read}, kept {self.n_kept}, bad {self.n_bad}, skipped {self.n_skipped}")
+        files = f", files not read {len(self.skipped_files)}" if self.skipped_files else ""
+        return f"{self.source}: read {self.n_read}, kept {self.n_kept}, bad {self.n_bad}, skipped {self.n_skipped}{files}"
+
+    def examples(self, n: int = 5) -> tuple[str, ...]:
+        """The first `n` bad rows and the first `n` files not read, one line each ("file row N: reason")."""
+        rows = tuple(reason for _, reason in self.bad_rows[:n])
+        files = tuple(f"{name}: not read ({why})" for name, why in self.skipped_files[:n])
+        return rows + files
 
 
 def letter_to_index(letter: str) -> int:
@@ -90,10 +99,12 @@ class SkipRow(Exception):
     """Raised by a row converter for a valid row that is left out by design; the reason is counted, not lost."""
 
 
-def collect_questions(rows, convert, *, source: str) -> tuple[tuple[MCQuestion, ...], LoadReport]:
+def collect_questions(rows, convert, *, source: str, strict: bool = False,
+                      skipped_files: tuple[tuple[str, str], ...] = ()) -> tuple[tuple[MCQuestion, ...], LoadReport]:
     """Convert each (index, row) with `convert(index, row) -> MCQuestion`; InputError -> bad row, SkipRow -> skipped.
 
-    The one place loaders turn raw rows into records, so every loader reports its rows the same way.
+    The one place loaders turn raw rows into records, so every loader reports its rows the same way;
+    `strict` re-raises the first bad row's InputError (with its file:row) instead of counting it.
     """
     kept: list[MCQuestion] = []
     bad: list[tuple[int, str]] = []
@@ -104,8 +115,11 @@ def collect_questions(rows, convert, *, source: str) -> tuple[tuple[MCQuestion, 
         try:
             kept.append(convert(index, row))
         except InputError as err:
+            if strict:
+                raise InputError(f"{err} (strict data: a bad row is an error)") from None
             bad.append((index, str(err)))
         except SkipRow as why:
             skipped.append((index, str(why)))
-    report = LoadReport(source=source, n_read=n_read, n_kept=len(kept), bad_rows=tuple(bad), skipped=tuple(skipped))
+    report = LoadReport(source=source, n_read=n_read, n_kept=len(kept), bad_rows=tuple(bad), skipped=tuple(skipped),
+                        skipped_files=tuple(skipped_files))
     return tuple(kept), report

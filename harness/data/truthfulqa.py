@@ -41,15 +41,15 @@ def mc1_question(index: int, row: dict, *, seed: int) -> MCQuestion:
                       answer=int(np.flatnonzero(order == 0)[0]), subject="truthfulqa", source=SOURCE, qid=f"{SOURCE}:{index}")
 
 
-def mc1_questions(rows, *, seed: int) -> tuple[tuple[MCQuestion, ...], LoadReport]:
+def mc1_questions(rows, *, seed: int, strict: bool = False) -> tuple[tuple[MCQuestion, ...], LoadReport]:
     """Convert in-memory TruthfulQA rows (index = position) to questions with a report of bad and skipped rows."""
-    return collect_questions(enumerate(rows), lambda i, r: mc1_question(i, r, seed=seed), source=SOURCE)
+    return collect_questions(enumerate(rows), lambda i, r: mc1_question(i, r, seed=seed), source=SOURCE, strict=strict)
 
 
-def load_truthfulqa_mc1(*, seed: int = 0, cache_dir=None) -> tuple[tuple[MCQuestion, ...], LoadReport]:
+def load_truthfulqa_mc1(*, seed: int = 0, cache_dir=None, strict: bool = False) -> tuple[tuple[MCQuestion, ...], LoadReport]:
     """TruthfulQA mc1 (validation split, 817 questions) from the local hub cache; InputError when not cached."""
     snapshot = hub_snapshot(REPO_IDS, cache_dir=cache_dir)
     files = sorted((snapshot / CONFIG).glob("validation-*.parquet"))
     if not files:
         raise InputError(f"{snapshot / CONFIG}: no validation-*.parquet in the cached TruthfulQA snapshot")
-    return mc1_questions(read_rows("parquet", files), seed=seed)
+    return mc1_questions(read_rows("parquet", files), seed=seed, strict=strict)

@@ -26,6 +26,7 @@ Phi-3's fused tensors (qkv_proj, gate_up_proj) are split by the readers into the
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Literal
 
 import numpy as np
@@ -34,6 +35,7 @@ from harness.errors import InputError
 
 Architecture = Literal["llama", "phi3"]
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = ("llama", "phi3")
+_LAYER_PREFIX = re.compile(r"^model\.layers\.(\d+)\.")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -91,6 +93,11 @@ class ModelConfig:
 
 def check_weights(config: ModelConfig, weights: dict[str, np.ndarray], source: str) -> None:
     """Raise a one-line InputError for a missing, unexpected or mis-shaped canonical weight."""
+    layers = {int(m[1]) for m in map(_LAYER_PREFIX.match, weights) if m}
+    if config.n_layers > len(layers):  # checked first: a corrupt layer count must not build millions of names
+        first = next(i for i in range(config.n_layers) if i not in layers)
+        raise InputError(f"{source}: missing weight model.layers.{first}.* (the config says {config.n_layers} layers, "
+                         f"the weights hold {len(layers)})")
     expected = config.expected_shapes()
     missing = sorted(set(expected) - set(weights))
     if missing:
@@ -116,6 +123,7 @@ class Checkpoint:
     weights: dict[str, np.ndarray]
     tokenizer: "ChatTokenizer"  # noqa: F821 — harness.model.tokenizer.ChatTokenizer
     source: str
+    ignored_fields: tuple[str, ...] = ()  # metadata keys read but not used (none of them changes the maths)
 
     def __post_init__(self):
         check_weights(self.config, self.weights, self.source)

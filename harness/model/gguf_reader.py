@@ -16,9 +16,12 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers
 
+from pydantic import Field
+
 from harness.errors import InputError
 from harness.model.config import Checkpoint, ModelConfig
 from harness.model.tokenizer import ChatTokenizer
+from harness.validation import FiniteFloat, NonNegativeInt, PositiveFloat, PositiveInt, Schema, StrictBool, StrictStr, validate
 
 Q = gguf.GGMLQuantizationType
 
@@ -65,76 +68,182 @@ _BYTE_LEVEL_PRE = {
 _MISSING = object()
 
 
+class ArchKeys(Schema):
+    """The `{arch}.*` keys, read with the prefix removed: typed, ranged; keys that change the maths are checked."""
+
+    block_count: PositiveInt
+    context_length: PositiveInt
+    embedding_length: PositiveInt
+    feed_forward_length: PositiveInt
+    head_count: PositiveInt = Field(alias="attention.head_count")
+    head_count_kv: PositiveInt | None = Field(None, alias="attention.head_count_kv")
+    rms_norm_eps: PositiveFloat = Field(alias="attention.layer_norm_rms_epsilon")
+    rope_base: PositiveFloat = Field(10000.0, alias="rope.freq_base")
+    rope_dims: PositiveInt | None = Field(None, alias="rope.dimension_count")
+    vocab_size: PositiveInt | None = None
+    sliding_window: PositiveInt | None = Field(None, alias="attention.sliding_window")
+    key_length: PositiveInt | None = Field(None, alias="attention.key_length")
+    value_length: PositiveInt | None = Field(None, alias="attention.value_length")
+    original_context_length: PositiveInt | None = Field(None, alias="rope.scaling.original_context_length")
+    # Present in some files; any value other than "no effect" changes the maths and is refused below.
+    rope_scaling_type: StrictStr | None = Field(None, alias="rope.scaling.type")
+    rope_scaling_factor: FiniteFloat | None = Field(None, alias="rope.scaling.factor")
+    rope_scaling_attn_factor: FiniteFloat | None = Field(None, alias="rope.scaling.attn_factor")
+    layer_norm_eps: FiniteFloat | None = Field(None, alias="attention.layer_norm_epsilon")
+    logit_scale: FiniteFloat | None = None
+    expert_count: NonNegativeInt | None = None
+    clamp_kqv: FiniteFloat | None = Field(None, alias="attention.clamp_kqv")
+
+
+class TokenizerKeys(Schema):
+    """The `tokenizer.*` keys: token strings, ids inside the vocabulary (checked after), booleans that are booleans."""
+
+    model: StrictStr = Field(alias="ggml.model")
+    pre: StrictStr | None = Field(None, alias="ggml.pre")
+    tokens: list[StrictStr] = Field(alias="ggml.tokens", min_length=1)
+    token_type: list[int] | None = Field(None, alias="ggml.token_type")
+    scores: list[FiniteFloat] | None = Field(None, alias="ggml.scores")
+    merges: list[StrictStr] | None = Field(None, alias="ggml.merges")
+    bos_token_id: NonNegativeInt | None = Field(None, alias="ggml.bos_token_id")
+    eos_token_id: NonNegativeInt | None = Field(None, alias="ggml.eos_token_id")
+    unknown_token_id: NonNegativeInt | None = Field(None, alias="ggml.unknown_token_id")
+    padding_token_id: NonNegativeInt | None = Field(None, alias="ggml.padding_token_id")
+    separator_token_id: NonNegativeInt | None = Field(None, alias="ggml.seperator_token_id")
+    add_bos_token: StrictBool | None = Field(None, alias="ggml.add_bos_token")
+    add_eos_token: StrictBool | None = Field(None, alias="ggml.add_eos_token")
+    add_space_prefix: StrictBool | None = Field(None, alias="ggml.add_space_prefix")
+    chat_template: StrictStr | None = None
+
+    def read_keys(self) -> set[str]:
+        return {f.alias or name for name, f in type(self).model_fields.items()}
+
+
+_ID_KEYS = ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id", "separator_token_id")
+
+
+def metadata_values(reader: gguf.GGUFReader, path: pathlib.Path) -> dict:
+    """Every metadata key's value (str, number, bool or list), read once; an unreadable value names its key."""
+    values = {}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        try:
+            values[key] = field.contents()
+        except Exception as error:  # gguf raises assorted types on corrupt values; name the key
+            raise InputError(f"{path}: metadata key {key} is unreadable ({_one_line(error)})") from error
+    return values
+
+
+def _section(values: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
+
+
+def arch_keys(values: dict, path: pathlib.Path, arch: str) -> ArchKeys:
+    """The validated `{arch}.*` keys; an unsupported variant (RoPE scaling, LayerNorm, experts, ...) is an InputError."""
+    keys = validate(ArchKeys, _section(values, f"{arch}."), str(path), prefix=f"{arch}.")
+    refused = {
+        "rope.scaling.type": keys.rope_scaling_type not in (None, "none"),
+        "rope.scaling.factor": keys.rope_scaling_factor not in (None, 1.0, 0.0),
+        "rope.scaling.attn_factor": keys.rope_scaling_attn_factor not in (None, 1.0),
+        "attention.layer_norm_epsilon": keys.layer_norm_eps is not None,
+        "logit_scale": keys.logit_scale not in (None, 1.0),
+        "expert_count": keys.expert_count not in (None, 0),
+        "attention.clamp_kqv": keys.clamp_kqv is not None,
+    }
+    for name, bad in refused.items():
+        if bad:
+            value = values[f"{arch}.{name}"]
+            raise InputError(f"{path}: {arch}.{name}={value!r} changes the model's maths and is not supported")
+    return keys
+
+
+def ignored_keys(values: dict, arch: str) -> tuple[str, ...]:
+    """Keys neither schema reads (general.* excepted: file bookkeeping), for the report."""
+    arch_read = {f"{arch}.{f.alias or name}" for name, f in ArchKeys.model_fields.items()}
+    tok_read = {f"tokenizer.{f.alias or name}" for name, f in TokenizerKeys.model_fields.items()}
+    return tuple(sorted(k for k in values if not k.startswith("general.") and k not in arch_read | tok_read))
+
+
 def read_gguf(path: str | os.PathLike, *, dtype=np.float32) -> Checkpoint:
-    """Config, canonical weights (as `dtype`) and tokenizer of the GGUF file at `path`."""
+    """Config, canonical weights (as `dtype`) and tokenizer of the GGUF file at `path`.
+
+    Contract: a bad file or value is one InputError line naming the file and key; keys that change the maths but
+    are not supported are errors; harmless unknown keys come back in `Checkpoint.ignored_fields`.
+    """
     path = pathlib.Path(path)
     reader = open_gguf(path)
     tensors = {t.name: t for t in reader.tensors}
-    config = read_config(reader, path, tensors)
+    values = metadata_values(reader, path)
+    config = read_config(reader, path, tensors, values=values)
     weights = read_weights(config, tensors, path, dtype=dtype)
-    tokenizer = read_tokenizer(reader, path)
+    tokenizer = read_tokenizer(reader, path, values=values)
     if tokenizer.vocab_size > config.vocab_size:
         raise InputError(
             f"{path}: tokenizer.ggml.tokens has {tokenizer.vocab_size} tokens, "
             f"more than the {config.vocab_size} rows of token_embd.weight"
         )
-    return Checkpoint(config=config, weights=weights, tokenizer=tokenizer, source=str(path))
+    ignored = ignored_keys(values, config.architecture)
+    return Checkpoint(config=config, weights=weights, tokenizer=tokenizer, source=str(path), ignored_fields=ignored)
 
 
 def open_gguf(path: pathlib.Path) -> gguf.GGUFReader:
     """A GGUFReader on `path`; a missing, truncated or corrupt file raises a one-line InputError."""
     if not path.is_file():
-        raise InputError(f"{path}: no such GGUF file")
+        kind = "a folder" if path.is_dir() else "a broken symlink or symlink loop" if path.is_symlink() else "no such GGUF file"
+        raise InputError(f"{path}: {kind}" + ("" if kind == "no such GGUF file" else ", expected a GGUF file"))
     try:
         return gguf.GGUFReader(path, "r")
     except Exception as error:  # the reader raises ValueError, KeyError, IndexError, ... on bad bytes
         raise InputError(f"{path}: not a readable GGUF file, truncated or corrupt ({_one_line(error)})") from error
 
 
-def read_config(reader: gguf.GGUFReader, path: pathlib.Path, tensors: dict) -> ModelConfig:
+def read_config(reader: gguf.GGUFReader, path: pathlib.Path, tensors: dict, *, values: dict | None = None) -> ModelConfig:
     """ModelConfig from the `{arch}.*` metadata keys; vocab size from token_embd.weight's rows."""
+    values = metadata_values(reader, path) if values is None else values
     arch = metadata(reader, path, "general.architecture")
     if arch not in ("llama", "phi3"):
-        raise InputError(f"{path}: general.architecture is {arch!r}, expected 'llama' or 'phi3'")
-
-    def key(name, default=_MISSING):
-        return metadata(reader, path, f"{arch}.{name}", default)
-
-    d_model = _positive_int(key("embedding_length"), path, f"{arch}.embedding_length")
-    n_heads = _positive_int(key("attention.head_count"), path, f"{arch}.attention.head_count")
+        raise InputError(f"{path}: general.architecture is {arch!r:.60}, expected 'llama' or 'phi3'")
+    keys = arch_keys(values, path, arch)
+    d_model, n_heads = keys.embedding_length, keys.head_count
     # GGUF spec: head_count_kv absent means no grouped-query attention (as many KV heads as heads).
-    n_kv_heads = _positive_int(key("attention.head_count_kv", n_heads), path, f"{arch}.attention.head_count_kv")
+    n_kv_heads = n_heads if keys.head_count_kv is None else keys.head_count_kv
     if d_model % n_heads:
         raise InputError(f"{path}: {arch}.embedding_length={d_model} is not a multiple of head_count={n_heads}")
     head_dim = d_model // n_heads
-    rope_dims = key("rope.dimension_count", head_dim)
+    rope_dims = head_dim if keys.rope_dims is None else keys.rope_dims
     if rope_dims != head_dim:
         raise InputError(
             f"{path}: {arch}.rope.dimension_count={rope_dims} but head_dim={head_dim}; "
             "partial rotary embeddings are not supported"
         )
+    for name, length in (("key_length", keys.key_length), ("value_length", keys.value_length)):
+        if length is not None and length != head_dim:
+            raise InputError(f"{path}: {arch}.attention.{name}={length} but head_dim={head_dim}; expected equal")
     if "token_embd.weight" not in tensors:
         raise InputError(f"{path}: tensor token_embd.weight is missing")
     vocab_size = int(tensors["token_embd.weight"].shape[-1])  # GGUF order: [d_model, vocab]
-    stated_vocab = key("vocab_size", vocab_size)
-    if stated_vocab != vocab_size:
-        raise InputError(f"{path}: {arch}.vocab_size={stated_vocab} but token_embd.weight has {vocab_size} rows")
-    window = key("attention.sliding_window", None) if arch == "phi3" else None
-    return ModelConfig(
-        architecture=arch,
-        d_model=d_model,
-        n_layers=_positive_int(key("block_count"), path, f"{arch}.block_count"),
-        n_heads=n_heads,
-        n_kv_heads=n_kv_heads,
-        head_dim=head_dim,
-        d_ffn=_positive_int(key("feed_forward_length"), path, f"{arch}.feed_forward_length"),
-        vocab_size=vocab_size,
-        rope_base=float(key("rope.freq_base", 10000.0)),
-        rms_norm_eps=float(key("attention.layer_norm_rms_epsilon")),
-        tie_embeddings="output.weight" not in tensors,
-        max_context=_positive_int(key("context_length"), path, f"{arch}.context_length"),
-        sliding_window=None if window is None else int(window),
-    )
+    if keys.vocab_size is not None and keys.vocab_size != vocab_size:
+        raise InputError(f"{path}: {arch}.vocab_size={keys.vocab_size} but token_embd.weight has {vocab_size} rows")
+    if arch != "phi3" and keys.sliding_window is not None:
+        raise InputError(f"{path}: {arch}.attention.sliding_window={keys.sliding_window} is not supported for {arch}")
+    try:
+        return ModelConfig(
+            architecture=arch,
+            d_model=d_model,
+            n_layers=keys.block_count,
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            head_dim=head_dim,
+            d_ffn=keys.feed_forward_length,
+            vocab_size=vocab_size,
+            rope_base=keys.rope_base,
+            rms_norm_eps=keys.rms_norm_eps,
+            tie_embeddings="output.weight" not in tensors,
+            max_context=keys.context_length,
+            sliding_window=keys.sliding_window,
+        )
+    except InputError as error:
+        raise InputError(f"{path}: {error}") from None
 
 
 def read_weights(config: ModelConfig, tensors: dict, path: pathlib.Path, *, dtype=np.float32) -> dict[str, np.ndarray]:
@@ -159,7 +268,8 @@ def read_weights(config: ModelConfig, tensors: dict, path: pathlib.Path, *, dtyp
             raise InputError(f"{path}: tensor {name} gives {key} a second time (fused and separate tensors both present?)")
         weights |= pieces
     if config.architecture == "llama":
-        for i in range(config.n_layers):
+        present = sorted({int(m[1]) for m in (_LAYER_NAME.match(n) for n in tensors) if m})
+        for i in present:  # the layers the file holds (a corrupt block_count must not loop millions of times)
             for proj, heads in (("q_proj", config.n_heads), ("k_proj", config.n_kv_heads)):
                 key = f"model.layers.{i}.self_attn.{proj}.weight"
                 if key in weights and weights[key].shape[0] == heads * config.head_dim:
@@ -212,21 +322,28 @@ def split_phi3_fused(config: ModelConfig, suffix: str, array: np.ndarray, path: 
     return {"mlp.gate_proj.weight": array[:f], "mlp.up_proj.weight": array[f:]}
 
 
-def read_tokenizer(reader: gguf.GGUFReader, path: pathlib.Path) -> ChatTokenizer:
+def read_tokenizer(reader: gguf.GGUFReader, path: pathlib.Path, *, values: dict | None = None) -> ChatTokenizer:
     """The tokenizer the `tokenizer.ggml.*` keys describe: byte-level BPE ("gpt2") or SentencePiece BPE ("llama")."""
-    kind = metadata(reader, path, "tokenizer.ggml.model")
-    tokens = list(metadata(reader, path, "tokenizer.ggml.tokens"))
-    types = list(metadata(reader, path, "tokenizer.ggml.token_type", [1] * len(tokens)))
+    values = metadata_values(reader, path) if values is None else values
+    keys = validate(TokenizerKeys, _section(values, "tokenizer."), str(path), prefix="tokenizer.")
+    kind, tokens = keys.model, keys.tokens
+    types = [1] * len(tokens) if keys.token_type is None else keys.token_type
     if len(types) != len(tokens):
         raise InputError(f"{path}: tokenizer.ggml.token_type has {len(types)} entries, expected {len(tokens)} (one per token)")
+    for name in _ID_KEYS:
+        token_id = getattr(keys, name)
+        if token_id is not None and token_id >= len(tokens):
+            raise InputError(f"{path}: tokenizer.ggml.{name}={token_id} is outside the {len(tokens)}-token vocabulary")
+    if keys.add_eos_token:
+        raise InputError(f"{path}: tokenizer.ggml.add_eos_token=True is not supported (only a leading BOS); expected false")
     if kind == "gpt2":
-        tokenizer = byte_level_bpe(reader, path, tokens)
+        tokenizer = byte_level_bpe(reader, path, tokens, keys)
         add_bos_default = False
     elif kind == "llama":
-        tokenizer = sentencepiece_bpe(reader, path, tokens, types)
+        tokenizer = sentencepiece_bpe(reader, path, tokens, types, keys)
         add_bos_default = True
     else:
-        raise InputError(f"{path}: tokenizer.ggml.model is {kind!r}, expected 'gpt2' or 'llama'")
+        raise InputError(f"{path}: tokenizer.ggml.model is {kind!r:.60}, expected 'gpt2' or 'llama'")
     tokenizer.add_special_tokens(
         [tokenizers.AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == _CONTROL]
     )
@@ -240,54 +357,63 @@ def read_tokenizer(reader: gguf.GGUFReader, path: pathlib.Path) -> ChatTokenizer
         )
     return ChatTokenizer(
         tokenizer=tokenizer,
-        chat_template=metadata(reader, path, "tokenizer.chat_template", None),
-        bos_token=_token_at(reader, path, tokens, "tokenizer.ggml.bos_token_id"),
-        eos_token=_token_at(reader, path, tokens, "tokenizer.ggml.eos_token_id"),
-        add_bos=bool(metadata(reader, path, "tokenizer.ggml.add_bos_token", add_bos_default)),
+        chat_template=keys.chat_template,
+        bos_token=None if keys.bos_token_id is None else tokens[keys.bos_token_id],
+        eos_token=None if keys.eos_token_id is None else tokens[keys.eos_token_id],
+        add_bos=add_bos_default if keys.add_bos_token is None else keys.add_bos_token,
         source=str(path),
     )
 
 
-def byte_level_bpe(reader: gguf.GGUFReader, path: pathlib.Path, tokens: list[str]) -> tokenizers.Tokenizer:
+def byte_level_bpe(reader: gguf.GGUFReader, path: pathlib.Path, tokens: list[str], keys: TokenizerKeys) -> tokenizers.Tokenizer:
     """GPT-2-style byte-level BPE from the file's vocabulary and merges, split as `tokenizer.ggml.pre` says."""
-    pre = metadata(reader, path, "tokenizer.ggml.pre", "default")
+    pre = keys.pre or "default"
     if pre not in _BYTE_LEVEL_PRE:
-        raise InputError(f"{path}: tokenizer.ggml.pre is {pre!r}, expected one of {sorted(_BYTE_LEVEL_PRE)}")
-    merges = [_merge_pair(m, path) for m in metadata(reader, path, "tokenizer.ggml.merges")]
+        raise InputError(f"{path}: tokenizer.ggml.pre is {pre!r:.60}, expected one of {sorted(_BYTE_LEVEL_PRE)}")
+    if keys.merges is None:
+        raise InputError(f"{path}: metadata key tokenizer.ggml.merges is missing")
+    merges = [_merge_pair(m, path) for m in keys.merges]
     vocab = {token: i for i, token in enumerate(tokens)}
-    tokenizer = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    tokenizer = tokenizers.Tokenizer(_bpe(path, vocab=vocab, merges=merges, fuse_unk=False))
     tokenizer.pre_tokenizer = _BYTE_LEVEL_PRE[pre]()
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
 
 
-def sentencepiece_bpe(reader: gguf.GGUFReader, path: pathlib.Path, tokens: list[str], types: list[int]) -> tokenizers.Tokenizer:
+def sentencepiece_bpe(reader: gguf.GGUFReader, path: pathlib.Path, tokens: list[str], types: list[int],
+                      keys: TokenizerKeys) -> tokenizers.Tokenizer:
     """SentencePiece-style BPE with byte fallback; merges come from the file or from the token scores.
 
     Spaces become "▁" and one is prepended (unless tokenizer.ggml.add_space_prefix is false), as
     Llama and Phi-3 tokenizers do; unknown characters fall back to the <0xNN> byte tokens.
     """
     vocab = {token: i for i, token in enumerate(tokens)}
-    if "tokenizer.ggml.merges" in reader.fields:
-        merges = [_merge_pair(m, path) for m in metadata(reader, path, "tokenizer.ggml.merges")]
+    if keys.merges is not None:
+        merges = [_merge_pair(m, path) for m in keys.merges]
     else:
-        scores = [float(s) for s in metadata(reader, path, "tokenizer.ggml.scores")]
-        if len(scores) != len(tokens):
-            raise InputError(f"{path}: tokenizer.ggml.scores has {len(scores)} entries, expected {len(tokens)}")
-        merges = merges_from_scores(tokens, scores)
-    unk_id = metadata(reader, path, "tokenizer.ggml.unknown_token_id", None)
-    unk = tokens[unk_id] if unk_id is not None and 0 <= unk_id < len(tokens) else None
-    tokenizer = tokenizers.Tokenizer(
-        models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True)
-    )
+        if keys.scores is None:
+            raise InputError(f"{path}: metadata key tokenizer.ggml.scores is missing (and there are no merges)")
+        if len(keys.scores) != len(tokens):
+            raise InputError(f"{path}: tokenizer.ggml.scores has {len(keys.scores)} entries, expected {len(tokens)}")
+        merges = merges_from_scores(tokens, keys.scores)
+    unk = None if keys.unknown_token_id is None else tokens[keys.unknown_token_id]
+    tokenizer = tokenizers.Tokenizer(_bpe(path, vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
     steps = [normalizers.Replace(" ", "\u2581")]
-    if metadata(reader, path, "tokenizer.ggml.add_space_prefix", True):
+    if keys.add_space_prefix is not False:
         steps.insert(0, normalizers.Prepend("\u2581"))
     tokenizer.normalizer = normalizers.Sequence(steps)
     tokenizer.decoder = decoders.Sequence(
         [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )
     return tokenizer
+
+
+def _bpe(path: pathlib.Path, **kwargs) -> models.BPE:
+    """models.BPE from the file's vocabulary and merges; a merge naming a token not in the vocabulary is an InputError."""
+    try:
+        return models.BPE(**kwargs)
+    except Exception as error:  # tokenizers raises a bare Exception
+        raise InputError(f"{path}: tokenizer.ggml.tokens / merges do not form a BPE tokenizer ({_one_line(error)})") from None
 
 
 def merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
@@ -319,26 +445,11 @@ def metadata(reader: gguf.GGUFReader, path: pathlib.Path, key: str, default=_MIS
         raise InputError(f"{path}: metadata key {key} is unreadable ({_one_line(error)})") from error
 
 
-def _token_at(reader, path: pathlib.Path, tokens: list[str], key: str) -> str | None:
-    token_id = metadata(reader, path, key, None)
-    if token_id is None:
-        return None
-    if not 0 <= int(token_id) < len(tokens):
-        raise InputError(f"{path}: {key}={token_id} is outside the {len(tokens)}-token vocabulary")
-    return tokens[int(token_id)]
-
-
 def _merge_pair(merge: str, path: pathlib.Path) -> tuple[str, str]:
     parts = merge.split(" ")
     if len(parts) != 2:
         raise InputError(f"{path}: tokenizer.ggml.merges entry {merge!r} is not two tokens separated by one space")
     return parts[0], parts[1]
-
-
-def _positive_int(value, path: pathlib.Path, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise InputError(f"{path}: metadata key {key} is {value!r}, expected a positive integer")
-    return int(value)
 
 
 def _one_line(error: BaseException) -> str:

@@ -6,7 +6,6 @@ qkv_proj / gate_up_proj are split); anything the builder cannot run faithfully i
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import warnings
@@ -20,6 +19,8 @@ import tokenizers
 from harness.errors import InputError
 from harness.model.config import Checkpoint, ModelConfig, check_weights
 from harness.model.tokenizer import ChatTokenizer
+from harness.validation import (FiniteFloat, NonNegativeInt, PositiveFloat, PositiveInt, Schema, StrictBool, StrictStr,
+                                file_error, read_json_object, read_text, short_repr, validate)
 
 CONFIG_FILE = "config.json"
 SINGLE_WEIGHTS_FILE = "model.safetensors"
@@ -30,6 +31,40 @@ CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 # Hugging Face's own class defaults (LlamaConfig / Phi3Config) for fields a config.json may omit.
 _ROPE_THETA_DEFAULT = 10000.0
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+class HFConfig(Schema):
+    """config.json of a Llama / Phi-3 checkpoint: typed and ranged; keys not listed here are returned as ignored."""
+
+    model_type: StrictStr
+    hidden_size: PositiveInt
+    num_hidden_layers: PositiveInt
+    num_attention_heads: PositiveInt
+    num_key_value_heads: PositiveInt | None = None
+    head_dim: PositiveInt | None = None
+    intermediate_size: PositiveInt
+    vocab_size: PositiveInt
+    rms_norm_eps: PositiveFloat
+    max_position_embeddings: PositiveInt
+    rope_theta: PositiveFloat | None = None
+    rope_scaling: dict | None = None
+    rope_parameters: dict | None = None
+    partial_rotary_factor: FiniteFloat | None = None
+    hidden_act: StrictStr = "silu"
+    attention_bias: StrictBool = False
+    mlp_bias: StrictBool = False
+    tie_word_embeddings: StrictBool = False
+    sliding_window: PositiveInt | None = None
+    bos_token_id: NonNegativeInt | None = None
+    eos_token_id: NonNegativeInt | list[NonNegativeInt] | None = None
+    pad_token_id: NonNegativeInt | None = None
+
+
+class RopeParameters(Schema):
+    rope_type: StrictStr = "default"
+    rope_theta: PositiveFloat | None = None
+    partial_rotary_factor: FiniteFloat | None = None
 _REQUIRED_FIELDS = (
     "hidden_size",
     "num_hidden_layers",
@@ -45,17 +80,21 @@ def read_hf_dir(path: str | os.PathLike, *, dtype=np.float32) -> Checkpoint:
     """Config, canonical weights (cast to `dtype`) and tokenizer of a Llama or Phi-3 HF directory.
 
     Every tensor the files hold ends up in the canonical layout or raises; nothing is skipped.
+    Contract: a bad file or value is one InputError line naming the file and field (config values typed and
+    ranged, weights float only); harmless unknown config keys come back in `Checkpoint.ignored_fields`.
     """
     directory = pathlib.Path(path)
     if not directory.is_dir():
         raise InputError(f"{directory}: not a directory; expected a Hugging Face checkpoint directory")
     dtype = _float_dtype(dtype)
-    config = model_config_from_hf(_read_json(directory / CONFIG_FILE), source=str(directory / CONFIG_FILE))
+    raw = _read_json(directory / CONFIG_FILE)
+    config = model_config_from_hf(raw, source=str(directory / CONFIG_FILE))
     stored, weights_source = read_safetensors_dir(directory)
     weights = canonical_weights(stored, config, source=weights_source, dtype=dtype)
     check_weights(config, weights, weights_source)
     tokenizer = read_hf_tokenizer(directory, vocab_size=config.vocab_size)
-    return Checkpoint(config=config, weights=weights, tokenizer=tokenizer, source=str(directory))
+    ignored = validate(HFConfig, raw, str(directory / CONFIG_FILE)).ignored_fields()
+    return Checkpoint(config=config, weights=weights, tokenizer=tokenizer, source=str(directory), ignored_fields=ignored)
 
 
 def resolve_hf_cache(model_id: str) -> pathlib.Path:
@@ -89,40 +128,40 @@ def hf_cache_dir() -> pathlib.Path:
 
 def model_config_from_hf(raw: dict[str, Any], *, source: str) -> ModelConfig:
     """ModelConfig from a parsed config.json; InputError for anything the builder does not run."""
-    model_type = raw.get("model_type")
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
     if model_type not in ("llama", "phi3"):
-        raise InputError(f"{source}: model_type {model_type!r} is not supported; expected 'llama' or 'phi3'")
-    for field in _REQUIRED_FIELDS:
-        if raw.get(field) is None:
-            raise InputError(f"{source}: required field {field!r} is missing")
-    if raw.get("hidden_act", "silu") != "silu":
-        raise InputError(f"{source}: hidden_act {raw['hidden_act']!r} is not supported; expected 'silu'")
+        raise InputError(f"{source}: model_type {short_repr(model_type)} is not supported; expected 'llama' or 'phi3'")
+    cfg = validate(HFConfig, raw, source)
+    if cfg.hidden_act != "silu":
+        raise InputError(f"{source}: hidden_act {cfg.hidden_act!r:.60} is not supported; expected 'silu'")
     for field in ("attention_bias", "mlp_bias"):
-        if raw.get(field):
+        if getattr(cfg, field):
             raise InputError(f"{source}: {field} is true; biases are not supported (expected false)")
-    n_heads = _int_field(raw, "num_attention_heads", source)
-    d_model = _int_field(raw, "hidden_size", source)
-    if raw.get("head_dim") is None and d_model % n_heads:
+    n_heads, d_model = cfg.num_attention_heads, cfg.hidden_size
+    if cfg.head_dim is None and d_model % n_heads:
         raise InputError(f"{source}: hidden_size {d_model} is not a multiple of num_attention_heads {n_heads}")
-    if model_type == "llama" and raw.get("sliding_window") is not None:
-        raise InputError(f"{source}: sliding_window {raw['sliding_window']!r} is not supported for llama")
-    n_kv = raw.get("num_key_value_heads")
-    head_dim = raw.get("head_dim")
-    sliding_window = raw.get("sliding_window")
+    if model_type == "llama" and cfg.sliding_window is not None:
+        raise InputError(f"{source}: sliding_window {cfg.sliding_window!r} is not supported for llama")
+    for field in ("bos_token_id", "pad_token_id"):
+        if getattr(cfg, field) is not None and getattr(cfg, field) >= cfg.vocab_size:
+            raise InputError(f"{source}: {field} {getattr(cfg, field)} is outside vocab_size {cfg.vocab_size}")
+    eos = cfg.eos_token_id if isinstance(cfg.eos_token_id, list) else [cfg.eos_token_id]
+    if any(e is not None and e >= cfg.vocab_size for e in eos):
+        raise InputError(f"{source}: eos_token_id {cfg.eos_token_id!r:.60} is outside vocab_size {cfg.vocab_size}")
     fields = dict(
         architecture=model_type,
         d_model=d_model,
-        n_layers=_int_field(raw, "num_hidden_layers", source),
+        n_layers=cfg.num_hidden_layers,
         n_heads=n_heads,
-        n_kv_heads=n_heads if n_kv is None else _int_field(raw, "num_key_value_heads", source),
-        head_dim=d_model // n_heads if head_dim is None else _int_field(raw, "head_dim", source),
-        d_ffn=_int_field(raw, "intermediate_size", source),
-        vocab_size=_int_field(raw, "vocab_size", source),
-        rope_base=_rope_theta(raw, source),
-        rms_norm_eps=_float_field(raw, "rms_norm_eps", source),
-        tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
-        max_context=_int_field(raw, "max_position_embeddings", source),
-        sliding_window=None if sliding_window is None else _int_field(raw, "sliding_window", source),
+        n_kv_heads=n_heads if cfg.num_key_value_heads is None else cfg.num_key_value_heads,
+        head_dim=d_model // n_heads if cfg.head_dim is None else cfg.head_dim,
+        d_ffn=cfg.intermediate_size,
+        vocab_size=cfg.vocab_size,
+        rope_base=_rope_theta(cfg, source),
+        rms_norm_eps=cfg.rms_norm_eps,
+        tie_embeddings=cfg.tie_word_embeddings,
+        max_context=cfg.max_position_embeddings,
+        sliding_window=cfg.sliding_window,
     )
     try:
         return ModelConfig(**fields)
@@ -130,41 +169,23 @@ def model_config_from_hf(raw: dict[str, Any], *, source: str) -> ModelConfig:
         raise InputError(f"{source}: {error}") from error
 
 
-def _float_field(raw: dict[str, Any], field: str, source: str) -> float:
-    value = raw[field]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise InputError(f"{source}: field {field!r} is {value!r}; expected a positive number")
-    return float(value)
-
-
-def _int_field(raw: dict[str, Any], field: str, source: str) -> int:
-    value = raw[field]
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InputError(f"{source}: field {field!r} is {value!r}; expected a positive integer")
-    return value
-
-
-def _rope_theta(raw: dict[str, Any], source: str) -> float:
+def _rope_theta(cfg: HFConfig, source: str) -> float:
     """RoPE base from either config style (transformers 5 rope_parameters, or rope_theta/rope_scaling)."""
-    if raw.get("rope_scaling") is not None:
-        scaling = raw["rope_scaling"]
-        kind = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else scaling
+    if cfg.rope_scaling is not None:
+        kind = cfg.rope_scaling.get("rope_type", cfg.rope_scaling.get("type"))
         if kind != "default":
-            raise InputError(f"{source}: rope_scaling {kind!r} is not supported; expected null (plain RoPE)")
-    params = raw.get("rope_parameters") or {}
-    if not isinstance(params, dict):
-        raise InputError(f"{source}: rope_parameters is {type(params).__name__}; expected an object")
-    kind = params.get("rope_type", "default")
-    if kind != "default":
-        raise InputError(f"{source}: rope_parameters.rope_type {kind!r} is not supported; expected 'default'")
-    for where, factor in (("partial_rotary_factor", raw.get("partial_rotary_factor")),
-                          ("rope_parameters.partial_rotary_factor", params.get("partial_rotary_factor"))):
-        if factor is not None and float(factor) != 1.0:
+            raise InputError(f"{source}: rope_scaling {kind!r:.60} is not supported; expected null (plain RoPE)")
+    params = validate(RopeParameters, cfg.rope_parameters or {}, source, prefix="rope_parameters.")
+    if params.rope_type != "default":
+        raise InputError(f"{source}: rope_parameters.rope_type {params.rope_type!r:.60} is not supported; expected 'default'")
+    for where, factor in (("partial_rotary_factor", cfg.partial_rotary_factor),
+                          ("rope_parameters.partial_rotary_factor", params.partial_rotary_factor)):
+        if factor is not None and factor != 1.0:
             raise InputError(f"{source}: {where} {factor!r} is not supported; expected 1.0")
-    if params.get("rope_theta") is not None:
-        return _float_field(params, "rope_theta", f"{source}: rope_parameters")
-    if raw.get("rope_theta") is not None:
-        return _float_field(raw, "rope_theta", source)
+    if params.rope_theta is not None:
+        return params.rope_theta
+    if cfg.rope_theta is not None:
+        return cfg.rope_theta
     return _ROPE_THETA_DEFAULT
 
 
@@ -189,6 +210,9 @@ def _read_sharded(index_path: pathlib.Path) -> dict[str, np.ndarray]:
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise InputError(f"{index_path}: field 'weight_map' is missing or empty; expected tensor → shard file")
+    bad = next(((k, v) for k, v in weight_map.items() if not isinstance(v, str) or not v), None)
+    if bad is not None:
+        raise InputError(f"{index_path}: weight_map[{bad[0]!r:.60}] = {short_repr(bad[1])}; expected a shard file name")
     by_shard: dict[str, set[str]] = {}
     for name, shard in weight_map.items():
         by_shard.setdefault(shard, set()).add(name)
@@ -211,12 +235,18 @@ def _read_sharded(index_path: pathlib.Path) -> dict[str, np.ndarray]:
 
 def _read_safetensors_file(path: pathlib.Path) -> dict[str, np.ndarray]:
     """Every tensor of one safetensors file as numpy (bf16 as ml_dtypes.bfloat16); errors name the file."""
+    if path.is_dir():
+        raise file_error(path, IsADirectoryError(21, "folder"), expected="a safetensors file")
     try:
         with safetensors.safe_open(str(path), framework="numpy") as handle:
-            return {name: handle.get_tensor(name) for name in handle.keys()}
-    except (safetensors.SafetensorError, OSError) as error:
-        reason = " ".join(str(error).split()) or type(error).__name__
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (safetensors.SafetensorError, OSError, ValueError, TypeError) as error:
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
         raise InputError(f"{path}: not a readable safetensors file ({reason})") from error
+    for name, array in tensors.items():
+        if array.dtype.name not in FLOAT_DTYPES:  # e.g. F32 bits relabelled I32: not weights
+            raise InputError(f"{path}: tensor {name} has dtype {array.dtype.name}, expected a float dtype {FLOAT_DTYPES}")
+    return tensors
 
 
 def canonical_weights(
@@ -270,8 +300,9 @@ def read_hf_tokenizer(directory: pathlib.Path, *, vocab_size: int | None = None)
     tokenizer_path = directory / TOKENIZER_FILE
     if not tokenizer_path.is_file():
         raise InputError(f"{tokenizer_path}: file is missing; expected the tokenizers-library tokenizer.json")
+    text = read_text(tokenizer_path, expected="a UTF-8 tokenizer.json")
     try:
-        tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_path))
+        tokenizer = tokenizers.Tokenizer.from_str(text)
     except Exception as error:  # tokenizers raises a bare Exception for unparsable files
         raise InputError(f"{tokenizer_path}: not a readable tokenizer.json ({' '.join(str(error).split())})") from error
     config_path = directory / TOKENIZER_CONFIG_FILE
@@ -281,6 +312,9 @@ def read_hf_tokenizer(directory: pathlib.Path, *, vocab_size: int | None = None)
         raise InputError(
             f"{tokenizer_path}: post_processor appends {appended!r} after the text; only a leading BOS is supported"
         )
+    for flag in ("add_bos_token", "add_eos_token"):
+        if config.get(flag) is not None and not isinstance(config.get(flag), bool):
+            raise InputError(f"{config_path}: {flag} is {short_repr(config.get(flag))}; expected true or false")
     if config.get("add_eos_token"):
         raise InputError(f"{config_path}: add_eos_token is true; only a leading BOS is supported (expected false)")
     bos_token = _token_content(config.get("bos_token"), config_path, "bos_token") or added_bos
@@ -309,8 +343,12 @@ def read_hf_tokenizer(directory: pathlib.Path, *, vocab_size: int | None = None)
 def _post_processor_additions(tokenizer: tokenizers.Tokenizer, path: pathlib.Path) -> tuple[str | None, list[str]]:
     """(token the post-processor prepends or None, tokens it appends), found by encoding a probe both ways."""
     probe = "a"
-    plain = tokenizer.encode(probe, add_special_tokens=False).tokens
-    full = tokenizer.encode(probe, add_special_tokens=True).tokens
+    try:  # a broken model section (e.g. a WordLevel vocabulary without its unk token) fails here, not mid-run
+        tokenizer.encode("Hello, world 123 é 東 🙂\n", add_special_tokens=True)
+        plain = tokenizer.encode(probe, add_special_tokens=False).tokens
+        full = tokenizer.encode(probe, add_special_tokens=True).tokens
+    except Exception as error:  # tokenizers raises a bare Exception
+        raise InputError(f"{path}: the tokenizer cannot encode a probe text ({' '.join(str(error).split())[:150]})") from None
     start = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), None)
     if start is None:
         raise InputError(f"{path}: post_processor changes the text's own tokens; expected it to only add specials")
@@ -347,8 +385,8 @@ def _token_content(value: Any, path: pathlib.Path, field: str) -> str | None:
 def _chat_template(directory: pathlib.Path, config: dict[str, Any], config_path: pathlib.Path) -> str | None:
     """chat_template.jinja if present (it takes priority, as in transformers), else tokenizer_config's."""
     jinja_path = directory / CHAT_TEMPLATE_FILE
-    if jinja_path.is_file():
-        return jinja_path.read_text(encoding="utf-8")
+    if jinja_path.exists() or jinja_path.is_symlink():
+        return read_text(jinja_path, expected="a UTF-8 chat template")
     template = config.get("chat_template")
     if template is None or isinstance(template, str):
         return template
@@ -361,15 +399,9 @@ def _chat_template(directory: pathlib.Path, config: dict[str, Any], config_path:
 
 
 def _read_json(path: pathlib.Path) -> dict[str, Any]:
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise InputError(f"{path}: file is missing")
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not valid JSON ({' '.join(str(error).split())})") from error
-    if not isinstance(value, dict):
-        raise InputError(f"{path}: top level is {type(value).__name__}; expected a JSON object")
-    return value
+    return read_json_object(path)
 
 
 def _float_dtype(dtype) -> np.dtype:

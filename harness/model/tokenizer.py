@@ -27,6 +27,15 @@ class ChatTokenizer:
     add_bos: bool
     source: str = ""
 
+    def __post_init__(self):
+        """Types only (readers check ids against the vocabulary): a template or token that is not a str is refused."""
+        for field in ("chat_template", "bos_token", "eos_token"):
+            value = getattr(self, field)
+            if value is not None and not isinstance(value, str):
+                raise InputError(f"{self.source}: {field} is {type(value).__name__} {value!r:.60}, expected a string")
+        if not isinstance(self.add_bos, bool):
+            raise InputError(f"{self.source}: add_bos is {self.add_bos!r:.60}, expected true or false")
+
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)

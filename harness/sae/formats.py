@@ -1,12 +1,16 @@
 """Readers for the common SAE file formats (saex, SAELens, Gemma Scope) and the harness's own format.
 
-Each reader returns (SAEParams, SAEMeta) in the one layout of ``harness.sae.sae``; weights are
-cast to float32, checked for shape and finiteness, and any tensor a reader does not use is listed
-in ``SAEMeta.ignored`` rather than dropped silently.
+Each reader returns (SAEParams, SAEMeta) in the one layout of ``harness.sae.sae``; weights must be float
+(cast to float32), are checked for shape and finiteness, and every tensor in the file must be used by the
+reader, or the load fails naming the leftover ones (a file is never half-read). Config values are typed and
+ranged by one schema per format (``harness.validation``); harmless unknown keys come back in
+``SAEMeta.ignored_fields``. The format is told from the files and, for cfg.json folders, from the tensors:
+saex uploads cfg.json + sae_weights.safetensors with s_gate / scaling_factor, which is saex, not SAELens.
 
-Files that carry no metadata (saex, Gemma Scope) take model/layer/hook from keyword arguments or
-from a sidecar JSON next to the file, named ``<stem>.meta.json`` (e.g. ``params.meta.json``), with
-keys ``model_name``, ``layer``, ``hook``.
+Files that carry no metadata (saex, Gemma Scope) take model/layer/hook from keyword arguments, from a
+sidecar JSON next to the file named ``<stem>.meta.json`` (e.g. ``params.meta.json``, keys ``model_name``,
+``layer``, ``hook``), from a saex cfg.json, or (the layer) from the path's name: saex's ``l20-...`` folders,
+Gemma Scope's ``layer_20``. Sources that disagree are an error; ``SAEMeta.layer_source`` says which gave it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import zipfile
+import zlib
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -21,8 +27,12 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from pydantic import ConfigDict
+
 from harness.errors import InputError
 from harness.sae.sae import SAEMeta, SAEParams, check_params
+from harness.validation import (NonNegativeInt, PositiveFloat, PositiveInt, Schema, StrictBool, StrictStr, file_error,
+                                one_line, read_json_object, short_repr, validate)
 
 NATIVE_FORMAT = "harness-sae"
 NATIVE_VERSION = 1
@@ -37,14 +47,38 @@ _HOOK_NAME = re.compile(r"^blocks\.(\d+)\.hook_([A-Za-z_]+)$")
 
 # ---------------------------------------------------------------- shared pieces
 
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+# saex's folder naming ("l20-test-run-5-7.00E-06") and Gemma Scope's ("layer_20"): the layer a metadata-less file reads.
+_LAYER_IN_NAME = re.compile(r"^(?:l(?P<short>\d+)-.*|layer[_-]?(?P<long>\d+))$", re.IGNORECASE)
+_SAEX_ONLY_TENSORS = frozenset({"s_gate", "scaling_factor", "mean_norm", "tgt_mean_norm"})
+
+
+def _float_tensor(name: str, array: np.ndarray, source: Path) -> np.ndarray:
+    """A weight tensor widened to float32; integer, bool or other dtypes are refused (bits relabelled are not weights)."""
+    if array.dtype.name not in FLOAT_DTYPES:
+        raise InputError(f"{source}: tensor {name} has dtype {array.dtype.name}, expected a float dtype {FLOAT_DTYPES}")
+    return np.asarray(array, dtype=np.float32)
+
+
+def safetensors_names(path: Path) -> tuple[str, ...]:
+    """The tensor names in a safetensors header (no data read), for telling formats apart."""
+    try:
+        with safetensors.safe_open(str(path), framework="numpy") as handle:
+            return tuple(handle.keys())
+    except (safetensors.SafetensorError, OSError, ValueError, TypeError) as err:
+        raise InputError(f"{path}: cannot read as safetensors ({one_line(err, 150)})") from err
+
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """All tensors of a safetensors file as float32 numpy arrays (bf16/f16 widened)."""
+    """All tensors of a safetensors file as float32 numpy arrays (bf16/f16 widened; non-float dtypes refused)."""
+    if path.is_dir():
+        raise file_error(path, IsADirectoryError(21, "folder"), expected="a .safetensors file")
     try:
-        with safetensors.safe_open(str(path), framework="flax") as handle:
-            return {key: np.asarray(handle.get_tensor(key), dtype=np.float32) for key in handle.keys()}
-    except (safetensors.SafetensorError, OSError) as err:
-        raise InputError(f"{path}: cannot read as safetensors ({str(err).splitlines()[0]})") from err
+        with safetensors.safe_open(str(path), framework="numpy") as handle:
+            raw = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (safetensors.SafetensorError, OSError, ValueError, TypeError) as err:
+        raise InputError(f"{path}: cannot read as safetensors ({one_line(err, 150)})") from err
+    return {key: _float_tensor(key, value, path) for key, value in raw.items()}
 
 
 def _take(tensors: dict[str, np.ndarray], name: str, source: Path, why: str = "") -> jnp.ndarray:
@@ -65,8 +99,20 @@ def _scalar(tensors: dict[str, np.ndarray], name: str, source: Path) -> float | 
         return None
     value = np.asarray(tensors.pop(name))
     if value.size != 1 or not np.isfinite(value).all() or float(value.reshape(())) <= 0:
-        raise InputError(f"{source}: tensor {name} = {value.tolist()}, expected one finite positive number")
+        raise InputError(f"{source}: tensor {name} = {short_repr(value.tolist())}, expected one finite positive number")
     return float(value.reshape(()))
+
+
+def _all_consumed(tensors: dict[str, np.ndarray], source: Path, fmt: str) -> None:
+    """Every tensor of the file must have been used: a leftover one means the reader would half-read the SAE."""
+    if tensors:
+        raise InputError(f"{source}: tensor(s) {', '.join(sorted(tensors))} not used by the {fmt} reader; "
+                         "expected only the tensors of that format (a different architecture or format?)")
+
+
+def _present(path: Path) -> bool:
+    """Whether a name is there at all: a broken symlink or a link loop counts (reading it then fails loudly)."""
+    return path.exists() or path.is_symlink()
 
 
 def sidecar_path(path: Path) -> Path:
@@ -75,38 +121,79 @@ def sidecar_path(path: Path) -> Path:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(path)
 
 
-def _merge_meta(found: dict, given: dict, source: Path) -> dict:
-    """Fill model_name/layer/hook from ``given`` where the file is silent; a contradiction is an error."""
-    merged = dict(found)
-    for key, value in given.items():
-        if value is None:
-            continue
-        if merged.get(key) is not None and merged[key] != value:
-            raise InputError(f"{source}: file says {key}={merged[key]!r}, caller says {key}={value!r}")
-        merged[key] = value
-    if merged.get("layer") is not None and not isinstance(merged["layer"], int):
-        raise InputError(f"{source}: layer={merged['layer']!r}, expected an integer")
-    return merged
+class Sidecar(Schema):
+    """``<stem>.meta.json``: what a metadata-less SAE file reads (our own format: unknown keys are errors)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_name: StrictStr | None = None
+    layer: NonNegativeInt | None = None
+    hook: StrictStr | None = None
 
 
 def _sidecar_meta(path: Path) -> dict:
     side = sidecar_path(path)
-    if not side.exists():
+    if not _present(side):
         return {}
-    data = _read_json(side)
-    unknown = set(data) - {"model_name", "layer", "hook"}
-    if unknown:
-        raise InputError(f"{side}: unknown keys {sorted(unknown)}, expected model_name, layer, hook")
-    return data
+    found = validate(Sidecar, read_json_object(side), str(side))
+    return {k: v for k, v in found.model_dump().items() if v is not None}
+
+
+def layer_from_name(path: Path, *, depth: int = 1) -> int | None:
+    """The layer a saex / Gemma Scope path names ("l20-test-run-…", "layer_20"), from the file stem and `depth` parents.
+
+    saex names the file's own folder (depth 1); Gemma Scope's layer_N/width_…/average_l0_…/params.npz needs 3.
+    """
+    names = [path.stem] + [p.name for p in list(path.parents)[:depth]]
+    found = {int(m["short"] or m["long"]) for m in (_LAYER_IN_NAME.match(n) for n in names) if m}
+    if len(found) > 1:
+        raise InputError(f"{path}: the path names several layers {sorted(found)}; pass layer= explicitly")
+    return found.pop() if found else None
+
+
+def _merge_meta(found: dict, given: dict, source: Path, *, sources: dict | None = None) -> dict:
+    """Fill model_name/layer/hook from ``given`` where the file is silent; a contradiction is an error.
+
+    ``sources`` says where each found value came from ("name", "sidecar", "cfg"); the result's
+    ``layer_source`` is that source, or "option" when only the caller gave the layer.
+    """
+    merged = dict(found)
+    layer = given.get("layer")
+    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 0):
+        raise InputError(f"{source}: layer={layer!r} given by the caller, expected a non-negative integer")
+    for key, value in given.items():
+        if value is None:
+            continue
+        if merged.get(key) is not None and merged[key] != value:
+            where = (sources or {}).get(key, "file")
+            raise InputError(f"{source}: {where} says {key}={merged[key]!r}, caller says {key}={value!r}"
+                             if where != "file" else f"{source}: file says {key}={merged[key]!r}, caller says {key}={value!r}")
+        merged[key] = value
+    if merged.get("layer") is not None and (isinstance(merged["layer"], bool) or not isinstance(merged["layer"], int)):
+        raise InputError(f"{source}: layer={merged['layer']!r}, expected an integer")
+    if merged.get("layer") is None:
+        merged["layer_source"] = None
+    elif found.get("layer") is not None:
+        merged["layer_source"] = (sources or {}).get("layer", "cfg")
+    else:
+        merged["layer_source"] = "option"
+    return merged
+
+
+def _file_meta(path: Path, *extra: tuple[str, dict], depth: int = 1) -> tuple[dict, dict]:
+    """Metadata a metadata-less file gets from its sidecar, its name and `extra` (source, values), all agreeing."""
+    found, sources = {}, {}
+    candidates = [("sidecar", _sidecar_meta(path)), ("name", {"layer": layer_from_name(path, depth=depth)}), *extra]
+    for where, values in candidates:
+        for key, value in values.items():
+            if value is None:
+                continue
+            if key in found and found[key] != value:
+                raise InputError(f"{path}: {sources[key]} says {key}={found[key]!r} but {where} says {key}={value!r}")
+            found[key], sources[key] = value, where
+    return found, sources
 
 
 def parse_hook_name(hook_name: str) -> tuple[int | None, str]:
@@ -115,7 +202,9 @@ def parse_hook_name(hook_name: str) -> tuple[int | None, str]:
     return (int(match.group(1)), match.group(2)) if match else (None, hook_name)
 
 
-def _finish(params: SAEParams, source: Path, fmt: str, meta: dict, ignored: list[str]) -> tuple[SAEParams, SAEMeta]:
+def _finish(params: SAEParams, source: Path, fmt: str, meta: dict, tensors: dict,
+            ignored_fields: tuple[str, ...] = (), tensor_file: Path | None = None) -> tuple[SAEParams, SAEMeta]:
+    _all_consumed(tensors, tensor_file or source, fmt)
     check_params(params, source=str(source))
     info = SAEMeta(
         d_model=params.d_model,
@@ -125,12 +214,27 @@ def _finish(params: SAEParams, source: Path, fmt: str, meta: dict, ignored: list
         layer=meta.get("layer"),
         hook=meta.get("hook"),
         format=fmt,
-        ignored=tuple(sorted(ignored)),
+        ignored=(),
+        layer_source=meta.get("layer_source"),
+        ignored_fields=tuple(sorted(ignored_fields)),
     )
     return params, info
 
 
 # ---------------------------------------------------------------- saex
+
+
+class SaexConfig(Schema):
+    """saex's cfg.json beside sae_weights.safetensors (its training config): the keys that would change the encode.
+
+    saex's own loader always adds b_enc and never subtracts b_dec; a config saying otherwise is refused.
+    """
+
+    n_dimensions: PositiveInt | None = None
+    expansion_factor: PositiveInt | None = None
+    use_encoder_bias: StrictBool | None = None
+    remove_decoder_bias: StrictBool | None = None
+    layer: NonNegativeInt | None = None
 
 
 def load_saex(
@@ -143,14 +247,31 @@ def load_saex(
     norm_factor = sqrt(d_model)/mean_norm; ``tgt_mean_norm`` (else mean_norm) the output factor.
     This is saex's own ``SAE.encode`` and micrlhf's ``resids_to_weights``; micrlhf's
     ``sae_encode_gated`` uses a different, inexact reparametrisation and is not reproduced.
+    A saex file stores no layer: it comes from ``layer=``, a sidecar, the path's name ("l20-…") or a cfg.json
+    beside ``sae_weights.safetensors`` (saex's hub layout); ``SAEMeta.layer_source`` says which.
     """
     path = Path(path)
+    if path.is_dir():
+        path = path / SAELENS_WEIGHTS
+    cfg_values, ignored_fields = {}, ()
+    cfg_path = path.parent / SAELENS_CFG
+    if path.name == SAELENS_WEIGHTS and _present(cfg_path):
+        cfg = validate(SaexConfig, read_json_object(cfg_path), str(cfg_path))
+        if cfg.remove_decoder_bias:
+            raise InputError(f"{cfg_path}: remove_decoder_bias=true is not supported (saex's loader never subtracts b_dec)")
+        cfg_values, ignored_fields = {"layer": cfg.layer}, cfg.ignored_fields()
     tensors = _read_safetensors(path)
     W_enc = _take(tensors, "W_enc", path)
     b_enc = _take(tensors, "b_enc", path)
     W_dec = _take(tensors, "W_dec", path)
     b_dec = _take(tensors, "b_dec", path)
-    d_model = W_enc.shape[0]
+    d_model = W_enc.shape[0] if W_enc.ndim == 2 else 1
+    if cfg_values and cfg.n_dimensions is not None and cfg.n_dimensions != d_model:
+        raise InputError(f"{cfg_path}: n_dimensions={cfg.n_dimensions} but W_enc has shape {tuple(W_enc.shape)}")
+    if cfg_values and cfg.expansion_factor is not None and W_enc.ndim == 2 and W_enc.shape[1] != cfg.expansion_factor * d_model:
+        raise InputError(f"{cfg_path}: expansion_factor={cfg.expansion_factor} but W_enc has shape {tuple(W_enc.shape)}")
+    if cfg_values and cfg.use_encoder_bias is False and bool(jnp.any(b_enc != 0)):
+        raise InputError(f"{cfg_path}: use_encoder_bias=false but b_enc is not zero; expected a saex SAE that adds b_enc")
     mean_norm = _scalar(tensors, "mean_norm", path)
     tgt_mean_norm = _scalar(tensors, "tgt_mean_norm", path)
     if tgt_mean_norm is not None and mean_norm is None:
@@ -164,18 +285,50 @@ def load_saex(
         scaling = _take(tensors, "scaling_factor", path, " (a gated saex SAE needs it)")
         b_gate = _take(tensors, "b_gate", path, " (a gated saex SAE needs it)")
         params = SAEParams(architecture="gated", mag_scale=jnp.logaddexp(s_gate, 0.0) * scaling, b_mag=b_gate, **fields)
+    elif "b_gate" in tensors:
+        raise InputError(f"{path}: tensor b_gate without s_gate; expected both (gated saex) or neither")
     elif "threshold" in tensors:
         params = SAEParams(architecture="jumprelu", threshold=_take(tensors, "threshold", path), **fields)
     else:
         params = SAEParams(architecture="relu", mag_scale=_take_optional(tensors, "scaling_factor"), **fields)
-    meta = _merge_meta(_sidecar_meta(path), dict(model_name=model_name, layer=layer, hook=hook), path)
-    return _finish(params, path, "saex", meta, list(tensors))
+    found, sources = _file_meta(path, ("cfg", cfg_values))
+    meta = _merge_meta(found, dict(model_name=model_name, layer=layer, hook=hook), path, sources=sources)
+    return _finish(params, path, "saex", meta, tensors, ignored_fields)
 
 
 # ---------------------------------------------------------------- SAELens
 
 
 _SAELENS_ARCH = {"standard": "relu", "relu": "relu", "jumprelu": "jumprelu", "gated": "gated", "topk": "topk"}
+
+
+class SAELensMetadata(Schema):
+    model_name: StrictStr | None = None
+    hook_name: StrictStr | None = None
+    hook_layer: NonNegativeInt | None = None
+    hook_head_index: NonNegativeInt | None = None
+
+
+class SAELensConfig(Schema):
+    """SAELens cfg.json (6.x or pre-6.0): typed fields; those that change the encode are checked, the rest listed."""
+
+    architecture: StrictStr | None = None
+    activation_fn_str: StrictStr | None = None
+    activation_fn_kwargs: dict | None = None
+    k: PositiveInt | None = None
+    d_in: PositiveInt | None = None
+    d_sae: PositiveInt | None = None
+    apply_b_dec_to_input: StrictBool = True  # SAELens' own default when the key is absent
+    normalize_activations: StrictStr | None = None
+    reshape_activations: StrictStr | None = None
+    finetuning_scaling_factor: StrictBool = False
+    rescale_acts_by_decoder_norm: StrictBool = False
+    hook_head_index: NonNegativeInt | None = None
+    hook_name: StrictStr | None = None
+    hook_point: StrictStr | None = None
+    hook_layer: NonNegativeInt | None = None
+    model_name: StrictStr | None = None
+    metadata: SAELensMetadata | None = None
 
 
 def load_saelens(
@@ -189,34 +342,41 @@ def load_saelens(
     path = Path(path)
     cfg_path, weights_path = path / SAELENS_CFG, path / SAELENS_WEIGHTS
     for needed in (cfg_path, weights_path):
-        if not needed.exists():
+        if not _present(needed):
             raise InputError(f"{path}: SAELens folder lacks {needed.name}, expected cfg.json and sae_weights.safetensors")
-    cfg = _read_json(cfg_path)
-    metadata = cfg.get("metadata") or {}
-    arch_name = cfg.get("architecture")
+    cfg = validate(SAELensConfig, read_json_object(cfg_path), str(cfg_path))
+    metadata = cfg.metadata or SAELensMetadata()
+    arch_name = cfg.architecture
     if arch_name is None:  # pre-6.0 files may only name the activation function
-        arch_name = {"relu": "standard", "topk": "topk"}.get(cfg.get("activation_fn_str", "relu"))
+        if cfg.activation_fn_str is None:
+            raise InputError(f"{cfg_path}: neither architecture nor activation_fn_str is given; expected one of them")
+        arch_name = {"relu": "standard", "topk": "topk"}.get(cfg.activation_fn_str, cfg.activation_fn_str)
     if arch_name not in _SAELENS_ARCH:
         raise InputError(f"{cfg_path}: architecture={arch_name!r}, expected one of {sorted(_SAELENS_ARCH)}")
-    norm = cfg.get("normalize_activations") or "none"
+    norm = cfg.normalize_activations or "none"
     if norm != "none":
         raise InputError(f"{cfg_path}: normalize_activations={norm!r} is not supported, expected 'none'")
-    reshape = cfg.get("reshape_activations") or "none"
-    if reshape != "none" or cfg.get("hook_head_index", metadata.get("hook_head_index")) is not None:
+    reshape = cfg.reshape_activations or "none"
+    if reshape != "none" or (cfg.hook_head_index if cfg.hook_head_index is not None else metadata.hook_head_index) is not None:
         raise InputError(f"{cfg_path}: per-head SAEs (reshape_activations={reshape!r}) are not supported, expected 'none'")
-    if cfg.get("finetuning_scaling_factor"):
-        raise InputError(f"{cfg_path}: finetuning_scaling_factor=true is not supported, expected false")
-    hook_name = metadata.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
+    for flag in ("finetuning_scaling_factor", "rescale_acts_by_decoder_norm"):
+        if getattr(cfg, flag):
+            raise InputError(f"{cfg_path}: {flag}=true is not supported, expected false")
+    hook_name = metadata.hook_name or cfg.hook_name or cfg.hook_point
     file_layer, file_hook = parse_hook_name(hook_name) if hook_name else (None, None)
-    hook_layer = cfg.get("hook_layer", metadata.get("hook_layer"))
+    hook_layer = cfg.hook_layer if cfg.hook_layer is not None else metadata.hook_layer
     if hook_layer is not None and file_layer is not None and hook_layer != file_layer:
         raise InputError(f"{cfg_path}: hook_layer={hook_layer} contradicts hook name {hook_name!r}")
     found = dict(
-        model_name=metadata.get("model_name") or cfg.get("model_name"),
+        model_name=metadata.model_name or cfg.model_name,
         layer=file_layer if file_layer is not None else hook_layer,
         hook=file_hook,
     )
     tensors = _read_safetensors(weights_path)
+    saex_names = sorted(_SAEX_ONLY_TENSORS & set(tensors))
+    if saex_names:
+        raise InputError(f"{weights_path}: tensor(s) {', '.join(saex_names)} belong to a saex SAE, not SAELens; "
+                         "load it with the saex reader")
     architecture = _SAELENS_ARCH[arch_name]
     W_enc = _take(tensors, "W_enc", weights_path)
     if architecture == "gated":
@@ -227,25 +387,50 @@ def load_saelens(
         b_enc, mag_scale, b_mag = _take(tensors, "b_enc", weights_path), None, None
     threshold = _take(tensors, "threshold", weights_path) if architecture == "jumprelu" else None
     k = None
+    kwargs_k = (cfg.activation_fn_kwargs or {}).get("k")
+    if architecture != "topk" and (cfg.k is not None or kwargs_k is not None):
+        raise InputError(f"{cfg_path}: k={cfg.k if cfg.k is not None else kwargs_k!r} given for a {arch_name} SAE; "
+                         "expected k only with architecture topk")
     if architecture == "topk":
-        k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
-        if not isinstance(k, int):
-            raise InputError(f"{cfg_path}: topk SAE with k={k!r}, expected an integer k")
+        k = cfg.k if cfg.k is not None else kwargs_k
+        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+            raise InputError(f"{cfg_path}: topk SAE with k={k!r}, expected a positive integer k")
     params = SAEParams(
         W_enc=W_enc, b_enc=b_enc,
         W_dec=_take(tensors, "W_dec", weights_path), b_dec=_take(tensors, "b_dec", weights_path),
         threshold=threshold, mag_scale=mag_scale, b_mag=b_mag, architecture=architecture, k=k,
-        # SAELens' own default when the key is absent is True.
-        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
+        apply_b_dec_to_input=cfg.apply_b_dec_to_input,
     )
-    for key, actual in (("d_in", params.d_model), ("d_sae", params.d_sae)):
-        if key in cfg and cfg[key] != actual:
-            raise InputError(f"{cfg_path}: {key}={cfg[key]} but W_enc has shape {tuple(W_enc.shape)}")
-    meta = _merge_meta(found, dict(model_name=model_name, layer=layer, hook=hook), path)
-    return _finish(params, path, "saelens", meta, list(tensors))
+    if W_enc.ndim == 2:
+        for key, actual in (("d_in", params.d_model), ("d_sae", params.d_sae)):
+            if getattr(cfg, key) is not None and getattr(cfg, key) != actual:
+                raise InputError(f"{cfg_path}: {key}={getattr(cfg, key)} but W_enc has shape {tuple(W_enc.shape)}")
+    meta = _merge_meta(found, dict(model_name=model_name, layer=layer, hook=hook), path, sources={"layer": "cfg"})
+    return _finish(params, path, "saelens", meta, tensors, cfg.ignored_fields(), tensor_file=weights_path)
 
 
 # ---------------------------------------------------------------- Gemma Scope
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz (no pickles), float32; `W_enc` and `w_enc` both present is an error, not a choice."""
+    if path.is_dir():
+        raise file_error(path, IsADirectoryError(21, "folder"), expected="a params.npz file")
+    tensors: dict[str, np.ndarray] = {}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise InputError(f"{path}: holds a single array, expected an .npz archive of named arrays")
+            for key in data.files:
+                name = "W_" + key[2:] if key.startswith("w_") else key
+                if name in tensors:
+                    raise InputError(f"{path}: arrays {name} and {key} both present; expected one of them")
+                tensors[name] = _float_tensor(key, np.asarray(data[key]), path)
+    except InputError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, TypeError, AttributeError) as err:
+        raise InputError(f"{path}: cannot read as .npz ({type(err).__name__}: {one_line(err, 120)})") from err
+    return tensors
 
 
 def load_gemma_scope(
@@ -255,19 +440,15 @@ def load_gemma_scope(
     path = Path(path)
     if path.is_dir():
         path = path / GEMMA_SCOPE_FILE
-    try:
-        with np.load(path) as data:
-            tensors = {("W_" + key[2:] if key.startswith("w_") else key): np.asarray(data[key], dtype=np.float32)
-                       for key in data.files}
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: cannot read as .npz ({str(err).splitlines()[0]})") from err
+    tensors = _read_npz(path)
     params = SAEParams(
         W_enc=_take(tensors, "W_enc", path), b_enc=_take(tensors, "b_enc", path),
         W_dec=_take(tensors, "W_dec", path), b_dec=_take(tensors, "b_dec", path),
         threshold=_take(tensors, "threshold", path), architecture="jumprelu", apply_b_dec_to_input=False,
     )
-    meta = _merge_meta(_sidecar_meta(path), dict(model_name=model_name, layer=layer, hook=hook), path)
-    return _finish(params, path, "gemma_scope", meta, list(tensors))
+    found, sources = _file_meta(path, depth=3)
+    meta = _merge_meta(found, dict(model_name=model_name, layer=layer, hook=hook), path, sources=sources)
+    return _finish(params, path, "gemma_scope", meta, tensors)
 
 
 # ---------------------------------------------------------------- harness-native
@@ -314,15 +495,38 @@ def read_card(path: str | Path) -> dict:
     return _native_settings(Path(path))["card"]
 
 
+class NativeMeta(Schema):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_name: StrictStr | None = None
+    layer: NonNegativeInt | None = None
+    hook: StrictStr | None = None
+
+
+class NativeSettings(Schema):
+    """sae.json as save_sae writes it (our own format: every key known, unknown keys are errors)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    format: StrictStr
+    version: int
+    dtype: StrictStr
+    architecture: StrictStr
+    k: PositiveInt | None = None
+    norm_factor: PositiveFloat
+    out_norm_factor: PositiveFloat
+    apply_b_dec_to_input: StrictBool
+    meta: NativeMeta
+    card: dict
+
+
 def _native_settings(path: Path) -> dict:
     card_path = path / NATIVE_CARD
-    if not card_path.exists():
+    if not _present(card_path):
         raise InputError(f"{path}: no {NATIVE_CARD}, expected a folder written by save_sae")
-    settings = _read_json(card_path)
+    settings = read_json_object(card_path)
     if settings.get("format") != NATIVE_FORMAT or settings.get("version") != NATIVE_VERSION:
-        raise InputError(f"{card_path}: format={settings.get('format')!r} version={settings.get('version')!r}, "
+        raise InputError(f"{card_path}: format={short_repr(settings.get('format'))} version={short_repr(settings.get('version'))}, "
                          f"expected {NATIVE_FORMAT!r} version {NATIVE_VERSION}")
-    return settings
+    return validate(NativeSettings, settings, str(card_path)).model_dump()
 
 
 def load_sae(
@@ -331,42 +535,56 @@ def load_sae(
     """Read a folder written by ``save_sae``."""
     path = Path(path)
     settings = _native_settings(path)
-    tensors = _read_safetensors(path / NATIVE_WEIGHTS)
     weights_path = path / NATIVE_WEIGHTS
+    tensors = _read_safetensors(weights_path)
     params = SAEParams(
         W_enc=_take(tensors, "W_enc", weights_path), b_enc=_take(tensors, "b_enc", weights_path),
         W_dec=_take(tensors, "W_dec", weights_path), b_dec=_take(tensors, "b_dec", weights_path),
         threshold=_take_optional(tensors, "threshold"), mag_scale=_take_optional(tensors, "mag_scale"),
         b_mag=_take_optional(tensors, "b_mag"), architecture=settings["architecture"], k=settings["k"],
-        norm_factor=float(settings["norm_factor"]), out_norm_factor=float(settings["out_norm_factor"]),
-        apply_b_dec_to_input=bool(settings["apply_b_dec_to_input"]),
+        norm_factor=settings["norm_factor"], out_norm_factor=settings["out_norm_factor"],
+        apply_b_dec_to_input=settings["apply_b_dec_to_input"],
     )
-    meta = _merge_meta(settings["meta"], dict(model_name=model_name, layer=layer, hook=hook), path)
-    return _finish(params, path, "native", meta, list(tensors))
+    found = {k: v for k, v in settings["meta"].items() if v is not None}
+    meta = _merge_meta(found, dict(model_name=model_name, layer=layer, hook=hook), path, sources={"layer": "cfg"})
+    return _finish(params, path, "native", meta, tensors, tensor_file=weights_path)
 
 
 # ---------------------------------------------------------------- dispatch
 
 
+def _looks_saex(weights: Path) -> bool:
+    """A safetensors file whose tensors are saex's (s_gate, scaling_factor, mean_norm, ...), whatever the folder says."""
+    return bool(_SAEX_ONLY_TENSORS & set(safetensors_names(weights)))
+
+
 def detect_format(path: str | Path) -> str:
-    """Name the format at ``path`` from what is there: native, saelens, gemma_scope or saex."""
+    """Name the format at ``path`` from what is there — the files and, for cfg.json folders, the tensors.
+
+    A cfg.json + sae_weights.safetensors folder holding s_gate / scaling_factor is saex's hub layout, not SAELens.
+    """
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise InputError(f"{path}: a broken symlink or symlink loop, expected an SAE file or folder")
         raise InputError(f"{path}: no such file or folder, expected an SAE file or folder")
     if path.is_dir():
-        if (path / NATIVE_CARD).exists():
+        if _present(path / NATIVE_CARD):
             return "native"
-        if (path / SAELENS_CFG).exists():
-            return "saelens"
-        if (path / GEMMA_SCOPE_FILE).exists():
+        if _present(path / SAELENS_CFG):
+            weights = path / SAELENS_WEIGHTS
+            return "saex" if weights.is_file() and _looks_saex(weights) else "saelens"
+        if _present(path / GEMMA_SCOPE_FILE):
             return "gemma_scope"
+        if (path / SAELENS_WEIGHTS).is_file() and _looks_saex(path / SAELENS_WEIGHTS):
+            return "saex"
         raise InputError(f"{path}: unknown SAE format, expected {NATIVE_CARD}, {SAELENS_CFG} or {GEMMA_SCOPE_FILE} inside")
     if path.suffix == ".npz":
         return "gemma_scope"
     if path.suffix == ".safetensors":
-        if path.name == SAELENS_WEIGHTS and (path.parent / SAELENS_CFG).exists():
-            return "saelens"
-        if path.name == NATIVE_WEIGHTS and (path.parent / NATIVE_CARD).exists():
+        if path.name == SAELENS_WEIGHTS and _present(path.parent / SAELENS_CFG):
+            return "saex" if _looks_saex(path) else "saelens"
+        if path.name == NATIVE_WEIGHTS and _present(path.parent / NATIVE_CARD):
             return "native"
         return "saex"
     raise InputError(f"{path}: unknown SAE format, expected a folder, a .safetensors (saex) or a .npz (Gemma Scope)")
@@ -378,9 +596,16 @@ _LOADERS = {"native": load_sae, "saelens": load_saelens, "gemma_scope": load_gem
 def load_any(
     path: str | Path, *, model_name: str | None = None, layer: int | None = None, hook: str | None = None
 ) -> tuple[SAEParams, SAEMeta]:
-    """Load an SAE in any supported format; keyword metadata fills what the file does not say."""
+    """Load an SAE in any supported format; keyword metadata fills what the file does not say.
+
+    Every tensor in the file is used by the chosen reader or the load fails naming the leftover ones;
+    ``SAEMeta.layer_source`` says where the layer came from ("option", "name", "sidecar" or "cfg").
+    """
     path = Path(path)
     fmt = detect_format(path)
     if path.is_file() and fmt in ("saelens", "native"):
         path = path.parent
-    return _LOADERS[fmt](path, model_name=model_name, layer=layer, hook=hook)
+    try:
+        return _LOADERS[fmt](path, model_name=model_name, layer=layer, hook=hook)
+    except RecursionError:
+        raise InputError(f"{path}: nested too deeply to read") from None

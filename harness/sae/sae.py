@@ -88,6 +88,8 @@ class SAEMeta:
     hook: str | None = None
     format: str = "unknown"
     ignored: tuple[str, ...] = ()  # tensors in the file that the reader did not use, reported not dropped
+    layer_source: str | None = None  # where `layer` came from: "option", "name", "sidecar" or "cfg"
+    ignored_fields: tuple[str, ...] = ()  # config keys that do not change the maths, listed for the report
 
 
 def check_params(params: SAEParams, *, source: str) -> SAEParams:

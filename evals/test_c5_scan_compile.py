@@ -1,8 +1,9 @@
 """C5: running the layers as a true `jax.lax.scan` cuts compile time; penzai's LayerStack does not.
 
 Claims run on the SmolLM2 shape (random weights or abstract params, batch 4×128), each compile once per
-session. The benchmark grid (2..120 layers × three forms × SmolLM2 and Phi-3-mini shapes) runs only
-with `-m benchmark --benchmark-enable`; it prints the ratios and writes reports/<profile>/compile_time.png.
+session; the registry names the form, depths and rounds of each. The benchmark grid (2..120 layers × three
+forms × SmolLM2 and Phi-3-mini shapes) runs only with `-m benchmark --benchmark-enable`; it prints the ratios and
+writes reports/<profile>/compile_time.png.
 """
 
 from __future__ import annotations
@@ -15,102 +16,22 @@ import pytest
 
 from harness import compile_report
 from harness import compile_timing as ct
-from harness.claims import Measurement
+from harness.claims.measures import measure
 from harness.model.forms import Form
 
 SHAPE = "smollm2-135m"
 BATCH, SEQ = 4, 128
 
 
-class _Measured:
-    """Compile timings and steady forwards of the SmolLM2 shape, each measured once per session."""
-
-    def __init__(self):
-        self._timings: dict[tuple[Form, int], ct.CompileTiming] = {}
-        self._forward: dict[tuple[Form, int], ct.Seconds] = {}
-
-    def timing(self, form: Form, n_layers: int, *, repeats: int = 1) -> ct.CompileTiming:
-        key = (form, n_layers)
-        if key not in self._timings:
-            config = ct.shape_named(SHAPE, n_layers=n_layers)
-            model = ct.model_in_form(config, ct.abstract_params(config), form)
-            self._timings[key], _ = ct.time_compile(
-                model, ct.token_spec(batch=BATCH, seq=SEQ), shape=SHAPE, form=form, n_layers=n_layers, repeats=repeats
-            )
-        return self._timings[key]
-
-    def forward(self, form: Form, n_layers: int) -> ct.Seconds:
-        key = (form, n_layers)
-        if key not in self._forward:
-            config = ct.shape_named(SHAPE, n_layers=n_layers)
-            model = ct.model_in_form(config, ct.random_params(config, seed=0), form)
-            tokens = ct.random_tokens(config, batch=BATCH, seq=SEQ)
-            _, compiled = ct.time_compile(model, tokens, shape=SHAPE, form=form, n_layers=n_layers)
-            self._forward[key] = ct.steady_forward(compiled, model, tokens, repeats=2)
-        return self._forward[key]
-
-
 @pytest.fixture(scope="module")
-def measured():
-    return _Measured()
+def compiled():
+    """Compile timings and forwards of the SmolLM2 shape at batch 4x128, each measured once per session."""
+    return ct.Measurements(shape=SHAPE, batch=BATCH, seq=SEQ)
 
 
-def _details(*timings: ct.CompileTiming) -> dict:
-    return {
-        f"{t.form.value}@{t.n_layers}": {
-            "lower_cpu_s": round(t.lower.cpu, 3), "compile_cpu_s": round(t.compile.cpu, 3),
-            "total_wall_s": round(t.total.wall, 3), "while_loops": t.while_loops, "repeats": t.repeats,
-        }
-        for t in timings
-    }
-
-
-@pytest.mark.claims("C5-scan-equals-unrolled")
-def test_true_scan_gives_the_unrolled_logits(claim, check_claim):
-    config = ct.shape_named(SHAPE, n_layers=4)
-    params = ct.random_params(config, seed=0)
-    tokens = ct.random_tokens(config, batch=2, seq=32, seed=1)
-    logits = {}
-    for form in (Form.UNROLLED, Form.SCAN):
-        _, compiled = ct.time_compile(ct.model_in_form(config, params, form), tokens, shape=SHAPE, form=form, n_layers=4)
-        logits[form] = np.asarray(compiled(ct.model_in_form(config, params, form), tokens))
-    scale = float(np.abs(logits[Form.UNROLLED]).max())
-    diff = float(np.abs(logits[Form.SCAN] - logits[Form.UNROLLED]).max())
-    check_claim(claim, Measurement(value=diff / scale, details={"max_abs_diff": diff, "max_abs_logit": scale}))
-
-
-@pytest.mark.claims("C5-scan-one-while-loop")
-def test_true_scan_lowers_to_one_while_loop(claim, check_claim, measured):
-    scan = measured.timing(Form.SCAN, 8, repeats=3)
-    check_claim(claim, Measurement(value=scan.while_loops, details=_details(scan)))
-
-
-@pytest.mark.claims("C5-scan-compile-growth")
-def test_true_scan_compile_time_barely_grows_with_layers(claim, check_claim, measured):
-    few, many = measured.timing(Form.SCAN, 8, repeats=3), measured.timing(Form.SCAN, 120, repeats=3)
-    ratio = ct.growth([few, many], shape=SHAPE, form=Form.SCAN, few=8, many=120)
-    check_claim(claim, Measurement(value=ratio, details=_details(few, many)))
-
-
-@pytest.mark.claims("C5-scan-compile-speedup")
-def test_true_scan_compiles_at_least_twice_as_fast_as_unrolled(claim, check_claim, measured):
-    scan, unrolled = measured.timing(Form.SCAN, 30, repeats=3), measured.timing(Form.UNROLLED, 30, repeats=2)
-    ratio = ct.speedup([scan, unrolled], shape=SHAPE, n_layers=30, slow=Form.UNROLLED, fast=Form.SCAN)
-    check_claim(claim, Measurement(value=ratio, details=_details(scan, unrolled)))
-
-
-@pytest.mark.claims("C5-scan-forward-overhead")
-def test_true_scan_forward_is_at_most_15_percent_slower(claim, check_claim, measured):
-    scan, unrolled = measured.forward(Form.SCAN, 30), measured.forward(Form.UNROLLED, 30)
-    details = {f"{n}_forward": {"cpu_s": round(s.cpu, 3), "wall_s": round(s.wall, 3)} for n, s in (("scan", scan), ("unrolled", unrolled))}
-    check_claim(claim, Measurement(value=scan.cpu / unrolled.cpu, details=details))
-
-
-@pytest.mark.claims("C5-layerstack-compile-growth")
-def test_penzai_layerstack_compile_time_barely_grows_with_layers(claim, check_claim, measured):
-    few, many = measured.timing(Form.LAYERSTACK, 8), measured.timing(Form.LAYERSTACK, 120)
-    ratio = ct.growth([few, many], shape=SHAPE, form=Form.LAYERSTACK, few=8, many=120)
-    check_claim(claim, Measurement(value=ratio, details=_details(few, many)))
+@pytest.mark.measure("scan_equals_unrolled", "while_loops", "compile_growth", "compile_speedup", "forward_overhead")
+def test_true_scan_over_the_layer_axis_cuts_compile_time(claim, check_claim, compiled):
+    check_claim(claim, measure(claim, compiled))
 
 
 # ---- the benchmark grid: -m benchmark --benchmark-enable -------------------------------------------

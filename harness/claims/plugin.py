@@ -1,0 +1,290 @@
+"""The claims gate as a pytest plugin (entry point `pytest11`): options, registry-driven parametrization, verdicts,
+figure baselines, the every-claim-one-result check, the claims table and the report.
+
+A test takes the `claim` fixture and names its measure with `@pytest.mark.measure("name")`; it is parametrized over
+the registry's claims of the chosen profile with that measure, and calls `check_claim(claim, measurement)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+
+import pytest
+
+from harness.claims import baselines, report
+from harness.claims.profiles import Profile, get_profile
+from harness.claims.registry import Claim, Outcome, load_registry, of_profile
+from harness.claims.verdicts import EXCEPTIONS, Result, evaluate, raise_outcome
+from harness.errors import InputError
+
+
+@dataclasses.dataclass(kw_only=True)
+class Run:
+    """What one pytest session of the gate holds: profile, registry, results, outcomes, provenance, report parts."""
+
+    profile: Profile
+    registry_path: pathlib.Path
+    claims: tuple[Claim, ...] = ()
+    results: dict[str, Result] = dataclasses.field(default_factory=dict)
+    outcomes: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # claim id -> (status, reason)
+    provenance: dict = dataclasses.field(default_factory=dict)
+    sections: list[str] = dataclasses.field(default_factory=list)
+    data_notes: list[str] = dataclasses.field(default_factory=list)
+    active: bool = False  # some collected test takes `claim`
+
+    def claim(self, claim_id: str) -> Claim:
+        return next(c for c in self.claims if c.id == claim_id)
+
+
+RUN = pytest.StashKey[Run]()
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("claims harness")
+    group.addoption("--profile", default="smollm2-default", help="model profile of the claims (smollm2-default, phi3-mini)")
+    group.addoption("--model", default=None, help="model: a .gguf file, a Hugging Face directory, or a model id in the local HF cache")
+    group.addoption("--sae", default=None, help="SAE: a saex .safetensors file or folder, a SAELens folder, a Gemma Scope params.npz or a harness SAE folder")
+    group.addoption("--sae-layer", default=None, type=int, help="the layer a saex SAE reads (saex files store none; else taken from a name like l20-...)")
+    group.addoption("--dataset", default=None, help="comma-separated question sets: mmlu, control, truthfulqa, hendrycks:<dir or data.tar>[:val|test|dev], jsonl:<file>[:mmlu]")
+    group.addoption("--limit", default=None, help="questions per run (a seeded stratified subset) instead of the profile's budget; 'all' for every question")
+    group.addoption("--strict-data", action="store_true", help="any bad data row is an error instead of being counted and shown")
+    group.addoption("--quirks", default=None, choices=("original",), help="also measure the original work's quirks and their ablation table")
+    group.addoption("--reports-dir", default="reports", help="where the claims report is written")
+    group.addoption("--cache-dir", default=".cache/activations", help="the on-disk activation cache")
+    group.addoption("--clear-cache", action="store_true", help="empty the activation cache before the run")
+    group.addoption("--compile-cache", default=".cache/jax", help="JAX's persistent compilation cache ('off' to compile afresh)")
+    group.addoption("--baselines-dir", default=None, help="per-profile figure baselines (default: baselines/ beside the registry)")
+    parser.addini("claims_registry", "the claims registry (TOML), relative to the rootdir", default="evals/claims.toml")
+
+
+def _check_given_inputs(config, profile: Profile) -> None:
+    """Inputs the user named must exist: a usage error (exit 4, one line, no test run) otherwise."""
+    from harness.data import specs
+
+    try:
+        model = config.getoption("--model")
+        if model is not None:
+            path = pathlib.Path(model)
+            if not path.exists():
+                if model.startswith((".", "/", "~")) or model.count("/") != 1:  # a path, not an "org/name" id
+                    raise InputError(f"--model {model}: no such file or folder")
+                from harness.model.hf_reader import resolve_hf_cache
+
+                resolve_hf_cache(model)  # InputError when the id is not in the local HF cache
+        sae = config.getoption("--sae")
+        if sae is not None and not pathlib.Path(sae).exists():
+            raise InputError(f"--sae {sae}: no such file or folder")
+        raw = config.getoption("--dataset")
+        if raw is not None:
+            for spec in specs.parse_all(raw):
+                specs.check_exists(spec)
+        limit_of(config)
+    except InputError as e:
+        raise pytest.UsageError(str(e)) from None
+
+
+def limit_of(config) -> int | None | str:
+    """--limit as an int, None ('all'), or "profile" when not given (InputError when malformed)."""
+    raw = config.getoption("--limit")
+    if raw is None:
+        return "profile"
+    if str(raw).strip().lower() == "all":
+        return None
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise InputError(f"--limit {raw!r}: expected a positive integer or 'all'") from None
+    if limit < 1:
+        raise InputError(f"--limit {raw!r}: expected a positive integer or 'all'")
+    return limit
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "measure(name): a claims test for the registry claims whose measure is `name`")
+    config.addinivalue_line("markers", "claim: a research claim from the registry, checked on a model profile")
+    try:
+        profile = get_profile(config.getoption("--profile"), model=config.getoption("--model"),
+                              sae=config.getoption("--sae"))
+    except InputError as e:
+        raise pytest.UsageError(str(e)) from None
+    _check_given_inputs(config, profile)
+    registry = pathlib.Path(config.rootpath) / config.getini("claims_registry")
+    config.stash[RUN] = Run(profile=profile, registry_path=registry)
+    if config.getoption("--compile-cache") != "off":  # a second process compiles nothing the first one compiled
+        from harness import compile_cache
+
+        compile_cache.enable(config.getoption("--compile-cache"))
+
+
+def run_of(config) -> Run:
+    return config.stash[RUN]
+
+
+def _claims(config) -> tuple[Claim, ...]:
+    run = run_of(config)
+    if not run.claims:
+        try:
+            run.claims = load_registry(run.registry_path)
+        except InputError as e:
+            raise pytest.UsageError(str(e)) from None
+    return run.claims
+
+
+def pytest_generate_tests(metafunc):
+    if "claim" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("measure")
+    if marker is None or not marker.args:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: a test taking `claim` needs @pytest.mark.measure(name)")
+    run = run_of(metafunc.config)
+    names = set(marker.args)
+    selected = [c for c in of_profile(_claims(metafunc.config), run.profile.name) if c.measure in names]
+    params = []
+    for c in selected:
+        marks = [pytest.mark.claim]
+        if c.recorded is not Outcome.HOLDS:  # only the claim's own exception is the expected failure
+            marks.append(pytest.mark.xfail(raises=EXCEPTIONS[c.recorded], strict=True,
+                                           reason=f"recorded as {c.recorded.value} on {run.profile.name}"))
+        params.append(pytest.param(c, id=c.id, marks=marks))
+    metafunc.parametrize("claim", params)
+
+
+def _measure_tests(items) -> dict[str, set[str]]:
+    """measure name -> the test functions (module::name) that take it."""
+    out: dict[str, set[str]] = {}
+    for item in items:
+        marker = item.get_closest_marker("measure")
+        if marker is not None and "claim" in getattr(item, "fixturenames", ()):
+            for name in marker.args:
+                out.setdefault(name, set()).add(f"{item.path.name}::{item.originalname}")
+    return out
+
+
+def _covers_registry(config) -> bool:
+    """Whether this session collects the whole folder the registry sits in (then every claim must map to a test)."""
+    folder = run_of(config).registry_path.parent.resolve()
+    for arg in config.args:
+        path = pathlib.Path(config.invocation_params.dir, arg.split("::")[0]).resolve()
+        if "::" not in arg and (path == folder or folder.is_relative_to(path)):
+            return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session, config, items):
+    claim_items = [i for i in items if "claim" in getattr(i, "fixturenames", ())]
+    if not claim_items:
+        return
+    run = run_of(config)
+    run.active = True
+    # a measure with no claim on this profile gives pytest's "empty parameter set" item: deselect it, counted
+    empty = [i for i in claim_items if not isinstance(getattr(getattr(i, "callspec", None), "params", {}).get("claim"), Claim)]
+    if empty:
+        config.hook.pytest_deselected(items=empty)
+        items[:] = [i for i in items if i not in empty]
+    if _covers_registry(config):
+        tests = _measure_tests(claim_items)
+        for c in of_profile(_claims(config), run.profile.name):
+            found = sorted(tests.get(c.measure, ()))
+            if len(found) != 1:
+                raise pytest.UsageError(
+                    f"claim {c.id} ({run.registry_path.name}): measure {c.measure!r} is taken by "
+                    f"{len(found)} tests {found or ''}; expected exactly one test marked @pytest.mark.measure({c.measure!r})")
+
+
+@pytest.fixture(scope="session")
+def profile(pytestconfig) -> Profile:
+    """The chosen profile with --model / --sae applied."""
+    return run_of(pytestconfig).profile
+
+
+@pytest.fixture(scope="session")
+def report_sections(pytestconfig) -> list[str]:
+    """Markdown sections (plots, dashboards, tables) that studies add to reports/<profile>/README.md."""
+    return run_of(pytestconfig).sections
+
+
+@pytest.fixture(scope="session")
+def provenance(pytestconfig) -> dict:
+    """What the run measured: fixtures add the model, SAE and question sets (path, SHA-256, n) for the report."""
+    return run_of(pytestconfig).provenance
+
+
+def _baselines_dir(config) -> pathlib.Path:
+    given = config.getoption("--baselines-dir")
+    return pathlib.Path(given) if given else run_of(config).registry_path.parent / "baselines"
+
+
+@pytest.fixture
+def check_claim(request, profile):
+    """check_claim(claim, measurement): decide the outcome, keep it, compare its figures with the baseline, and
+    raise the outcome's exception unless it holds (a recorded-false claim's xfail expects exactly that one)."""
+
+    def check(claim: Claim, measurement) -> Result:
+        run = run_of(request.config)
+        if claim.id in run.results:
+            raise InputError(f"claim {claim.id}: checked twice in one run")
+        result = evaluate(claim, profile.name, measurement)
+        run.results[claim.id] = result
+        baselines.check(request.getfixturevalue("num_regression"), result, _baselines_dir(request.config))
+        raise_outcome(result)
+        return result
+
+    return check
+
+
+def progress_line(config):
+    """A callback that writes one progress line through the terminal reporter (outside output capture)."""
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    capture = config.pluginmanager.getplugin("capturemanager")
+    last = [0.0]
+
+    def write(text: str, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if reporter is None or (not force and now - last[0] < 5.0):
+            return
+        last[0] = now
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(text)
+
+    return write
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    claim = getattr(getattr(item, "callspec", None), "params", {}).get("claim")
+    if not isinstance(claim, Claim):
+        return
+    run = run_of(item.config)
+    if rep.when == "call" and not rep.skipped and not rep.failed and claim.id not in run.results:
+        rep.outcome = "failed"  # a claim test must produce its result: one that returns without checking is a bug
+        rep.longrepr = f"claim {claim.id}: the test ended without check_claim(...) — no result was produced"
+    if rep.skipped and claim.id not in run.results and not hasattr(rep, "wasxfail"):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        run.outcomes[claim.id] = ("skipped", reason.removeprefix("Skipped: "))
+    elif rep.failed:
+        status = "error" if rep.when != "call" else "failed"
+        text = str(rep.longrepr).strip().splitlines()
+        run.outcomes[claim.id] = (status, text[-1][:300] if text else "")
+    elif rep.when == "call" and claim.id not in run.outcomes:
+        run.outcomes[claim.id] = ("checked", "")
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    run = config.stash.get(RUN, None)
+    if run is None or not run.active or not (run.results or run.outcomes):
+        return
+    terminalreporter.section("claims")
+    terminalreporter.write_line(report.text_table(run.results.values()))
+    others = {k: v for k, v in run.outcomes.items() if v[0] in ("skipped", "error", "failed") and k not in run.results}
+    for claim_id, (status, reason) in others.items():
+        terminalreporter.write_line(f"{claim_id}: {status} — {reason}")
+    for note in run.data_notes:
+        terminalreporter.write_line(note)
+    directory = pathlib.Path(config.getoption("--reports-dir")) / run.profile.name
+    path = report.write_report(run, directory, title=f"Claims on {run.profile.name}: {run.profile.description}")
+    terminalreporter.write_line(f"report written to {path}")

@@ -1,0 +1,202 @@
+"""The claims registry: one `[[claim]]` TOML table per (claim, profile), read into keyword-only `Claim` records.
+
+A claim names its measure (a function registered in `harness.claims.measures`) and that measure's arguments, the
+statistic that gives its interval, the bound it is decided against, and the outcome recorded for its profile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import inspect
+import math
+import pathlib
+import tomllib
+from typing import Any, Literal
+
+from harness.errors import InputError
+
+ANY_PROFILE = "any"
+Op = Literal[">=", "<=", "within", "reproduces", "==", "not rejected"]
+OPS: tuple[str, ...] = (">=", "<=", "within", "reproduces", "==", "not rejected")
+EXACT = "exact"  # the statistic of a deterministic figure (a count, a computation on fixed inputs): its CI is [v, v]
+
+
+class Outcome(enum.Enum):
+    """The three outcomes of a claim on a profile (issue 12): decided on the interval, never on the point."""
+
+    HOLDS = "holds"
+    DOES_NOT_HOLD = "does not hold"
+    INCONCLUSIVE = "inconclusive"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Measurement:
+    """A measured figure with its sample size, confidence interval and the statistic that gave the interval.
+
+    `statistic` names how `ci` (or `p_value`) was obtained, e.g. "Wilson 95%", "bootstrap over questions 95%",
+    "permutation null (1,000 features) 95th percentile"; a comparative claim is decided on `ci`, never on `value`.
+    """
+
+    value: float
+    n: int | None = None
+    ci: tuple[float, float] | None = None
+    statistic: str = ""
+    p_value: float | None = None
+    details: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def undecidable(self) -> bool:
+        """The study could not measure the figure at all (e.g. the feature never fires): an inconclusive outcome."""
+        return self.ci is None and self.statistic.startswith("undecidable")
+
+    def interval(self) -> tuple[float, float]:
+        """The CI, or [value, value] for an exact figure (statistic "exact")."""
+        if self.ci is not None:
+            return float(self.ci[0]), float(self.ci[1])
+        if self.statistic == EXACT:
+            return float(self.value), float(self.value)
+        raise InputError(f"measurement {self.value!r}: no confidence interval and statistic {self.statistic!r} is not "
+                         f"{EXACT!r}; a comparative claim needs its interval")
+
+    def describe(self) -> str:
+        text = f"{self.value:.4g}"
+        if self.ci is not None:
+            text += f" [{self.ci[0]:.3g}, {self.ci[1]:.3g}]"
+        if self.p_value is not None:
+            text += f" p={self.p_value:.3g}"
+        if self.n is not None:
+            text += f" (n={self.n})"
+        return text
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Claim:
+    """One research claim on one profile: measure(**args) compared by `op` with `expected` (± `tolerance`).
+
+    `recorded` is the outcome last accepted for this profile; a different outcome, or a figure that drifts more
+    than `drift` (default: the measured CI's half-width) from its stored baseline, fails the gate.
+    """
+
+    id: str
+    sentence: str
+    profile: str
+    measure: str
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    statistic: str
+    op: Op
+    expected: float = 0.0
+    tolerance: float = 0.0
+    alpha: float = 0.05
+    recorded: Outcome = Outcome.HOLDS
+    drift: float | None = None
+    quantity: str = ""
+    source: str
+
+    def __post_init__(self):
+        if self.op not in OPS:
+            raise InputError(f"claim {self.id}: op {self.op!r}, expected one of {OPS}")
+        if not (isinstance(self.tolerance, (int, float)) and self.tolerance >= 0 and math.isfinite(self.tolerance)):
+            raise InputError(f"claim {self.id}: tolerance {self.tolerance!r}, expected a finite number >= 0")
+        if self.op in ("within", "reproduces") and self.tolerance <= 0:
+            raise InputError(f"claim {self.id}: op {self.op!r} needs a tolerance > 0")
+        if not 0 < self.alpha < 0.5:
+            raise InputError(f"claim {self.id}: alpha {self.alpha!r}, expected a value in (0, 0.5)")
+        if self.drift is not None and not self.drift >= 0:
+            raise InputError(f"claim {self.id}: drift {self.drift!r}, expected a number >= 0")
+        if self.op == "==" and self.statistic != EXACT:
+            raise InputError(f"claim {self.id}: op '==' is only for exact figures (statistic {EXACT!r})")
+        if not self.source.strip():
+            raise InputError(f"claim {self.id}: source is empty; cite where the claim and its bound come from")
+
+    def applies_to(self, profile: str) -> bool:
+        return self.profile in (profile, ANY_PROFILE)
+
+    @property
+    def expectation(self) -> str:
+        """The bound as a reader sees it, e.g. '>= 0.5', '0.25 ± 0.1', 'reproduces 0.561 (±0.05)'."""
+        if self.op == "within":
+            return f"{self.expected:g} ± {self.tolerance:g}"
+        if self.op == "reproduces":
+            return f"reproduces {self.expected:g} (CI half-width <= {self.tolerance:g})"
+        if self.op == "not rejected":
+            return f"not rejected at alpha {self.alpha:g}"
+        return f"{self.op} {self.expected:g}"
+
+    def __str__(self) -> str:  # pytest ids
+        return self.id
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Claim)}
+_REQUIRED = {n for n, f in _FIELDS.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+
+
+def _claim_of(path: pathlib.Path, i: int, table: dict) -> Claim:
+    where = f"{path}: claim #{i + 1} ({table.get('id', '?')})"
+    unknown = sorted(set(table) - set(_FIELDS))
+    if unknown:
+        raise InputError(f"{where}: unknown field {unknown[0]!r}; expected fields {sorted(_FIELDS)}")
+    missing = sorted(_REQUIRED - set(table))
+    if missing:
+        raise InputError(f"{where}: missing field {missing[0]!r}")
+    for name in ("id", "sentence", "profile", "measure", "statistic", "op", "source", "quantity"):
+        if name in table and not isinstance(table[name], str):
+            raise InputError(f"{where}: field {name!r} must be a string, got {table[name]!r}")
+    for name in ("expected", "tolerance", "alpha", "drift"):
+        if name in table and (isinstance(table[name], bool) or not isinstance(table[name], (int, float))):
+            raise InputError(f"{where}: field {name!r} must be a number, got {table[name]!r}")
+    if not isinstance(table.get("args", {}), dict):
+        raise InputError(f"{where}: field 'args' must be a table, got {table['args']!r}")
+    values = dict(table)
+    if "recorded" in values:
+        try:
+            values["recorded"] = Outcome(values["recorded"])
+        except ValueError:
+            raise InputError(f"{where}: recorded {values['recorded']!r}, expected one of "
+                             f"{[o.value for o in Outcome]}") from None
+    return Claim(**values)
+
+
+def check_measure(claim: Claim) -> None:
+    """The claim's measure exists and its args bind to the measure's keyword-only parameters (else InputError)."""
+    from harness.claims.measures import MEASURES  # measures import the studies; load them only when checking
+
+    if claim.measure not in MEASURES:
+        raise InputError(f"claim {claim.id}: measure {claim.measure!r} is not registered; known: {sorted(MEASURES)}")
+    signature = inspect.signature(MEASURES[claim.measure])
+    keyword = {n for n, p in signature.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    unknown = sorted(set(claim.args) - keyword)
+    if unknown:
+        raise InputError(f"claim {claim.id}: measure {claim.measure!r} takes no argument {unknown[0]!r} "
+                         f"(its arguments: {sorted(keyword)})")
+    missing = sorted(n for n in keyword if signature.parameters[n].default is inspect.Parameter.empty and n not in claim.args)
+    if missing:
+        raise InputError(f"claim {claim.id}: measure {claim.measure!r} needs argument {missing[0]!r}")
+
+
+def load_registry(path: str | pathlib.Path, *, check_measures: bool = True) -> tuple[Claim, ...]:
+    """Claims from a TOML file of `[[claim]]` tables; ids unique, each measure registered and its args valid."""
+    path = pathlib.Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: claim registry not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not valid UTF-8 TOML ({e})") from None
+    unknown = sorted(set(raw) - {"claim"})
+    if unknown:
+        raise InputError(f"{path}: unknown top-level key {unknown[0]!r}; expected only [[claim]] tables")
+    claims = tuple(_claim_of(path, i, t) for i, t in enumerate(raw.get("claim", [])))
+    ids = [c.id for c in claims]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise InputError(f"{path}: claim id {dup[0]!r} appears more than once")
+    if check_measures:
+        for c in claims:
+            check_measure(c)
+    return claims
+
+
+def of_profile(claims: tuple[Claim, ...], profile: str) -> list[Claim]:
+    """The claims that apply to `profile`, in registry order."""
+    return [c for c in claims if c.applies_to(profile)]

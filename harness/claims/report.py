@@ -1,0 +1,181 @@
+"""The claims report: a table at the end of `pytest evals/`, and claims.json + README.md under reports/<profile>/.
+
+It formats results measured elsewhere (nothing is recomputed). claims.json merges by claim id across partial runs
+(`-k C5` replaces only the C5 rows) and names what was run: model, SAE, question sets, versions, git revision.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import pathlib
+import subprocess
+from typing import Iterable
+
+from harness.claims.verdicts import Result
+
+SCHEMA_VERSION = 2
+COLUMNS = ("claim", "expected", "measured", "n", "CI", "statistic", "outcome")
+PACKAGES = ("jax", "jaxlib", "penzai", "numpy", "scipy", "tokenizers", "gguf", "safetensors", "pytest")
+
+
+def _ci(ci) -> str:
+    return f"[{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""
+
+
+def rows(results: Iterable[Result]) -> list[tuple[str, ...]]:
+    out = []
+    for r in results:
+        m = r.measurement
+        measured = f"{m.value:.4g}" + (f" p={m.p_value:.2g}" if m.p_value is not None else "")
+        out.append((r.claim.id, r.claim.expectation, measured, "" if m.n is None else str(m.n), _ci(m.ci),
+                    m.statistic or r.claim.statistic, r.verdict))
+    return out
+
+
+def _table(header, body, *, markdown: bool) -> str:
+    if markdown:
+        esc = [[c.replace("|", "\\|") for c in row] for row in body]
+        return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                          *["| " + " | ".join(row) + " |" for row in esc]])
+    table = [header, *body]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)
+
+
+def text_table(results: Iterable[Result]) -> str:
+    """A fixed-width table for the terminal: one row per claim with its statistic, n, CI and outcome."""
+    return _table(COLUMNS, rows(results), markdown=False)
+
+
+def power_rows(entries: Iterable[dict]) -> list[tuple[str, ...]]:
+    """(claim, n, effect, CI, minimum detectable effect, n for a conclusive verdict) of entries with a power block."""
+    out = []
+    for e in entries:
+        p = (e.get("details") or {}).get("power")
+        if not p:
+            continue
+        fmt = lambda v: "" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
+        out.append((e["claim"], fmt(p.get("n")), fmt(p.get("effect")), _ci(p.get("ci")), fmt(p.get("mde")),
+                    fmt(p.get("n_for_conclusive"))))
+    return out
+
+
+def null_rows(entries: Iterable[dict]) -> list[tuple[str, ...]]:
+    """(claim, feature, held-out accuracy, null 95th pct, null percentile, p, discovery max, best-of-N null 95th pct)
+    of the feature claims measured against a null: selection shown beside what chance gives."""
+    out = []
+    for e in entries:
+        d = e.get("details") or {}
+        null = d.get("feature_null") if "feature-null" in e["claim"] else d.get("permutation_null")
+        sel = d.get("selection") or {}
+        if "null_percentile" not in d or not null:
+            continue
+        best = sel.get("null_of_best_of_n_discovery_max") or {}
+        out.append((e["claim"], str(d.get("feature")), f"{null['observed']:.3f}", f"{null['null_quantile']:.3f}",
+                    f"{d['null_percentile']:.3f}", f"{null['p_value']:.2g}", f"{sel.get('discovery_max', float('nan')):.3f}",
+                    f"{best.get('q95', float('nan')):.3f} (N = {sel.get('best_of_n')})"))
+    return out
+
+
+def _git_revision() -> str:
+    root = pathlib.Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git not available)"
+    if rev.returncode != 0:
+        return "unknown (not a git checkout)"
+    return rev.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = importlib.metadata.version(p)
+        except importlib.metadata.PackageNotFoundError:
+            out[p] = "not installed"
+    return out
+
+
+def entry(r: Result) -> dict:
+    m = r.measurement
+    return {
+        "claim": r.claim.id, "sentence": r.claim.sentence, "profile": r.profile, "measure": r.claim.measure,
+        "args": r.claim.args, "statistic": m.statistic or r.claim.statistic, "alpha": r.claim.alpha,
+        "expected": r.claim.expectation, "recorded": r.claim.recorded.value, "outcome": r.outcome.value,
+        "verdict": r.verdict, "value": m.value, "n": m.n, "ci": list(m.ci) if m.ci else None, "p_value": m.p_value,
+        "source": r.claim.source, "details": m.details,
+    }
+
+
+def _previous(path: pathlib.Path) -> dict:
+    """The claims.json already there (schema 2), or an empty one (an older or unreadable file is replaced)."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return old if isinstance(old, dict) and old.get("schema_version") == SCHEMA_VERSION else {}
+
+
+def write_report(run, directory: pathlib.Path, *, title: str) -> pathlib.Path:
+    """Merge this run's results into claims.json by claim id and write README.md (tables, provenance, sections)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path = directory / "claims.json"
+    old = _previous(json_path)
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    provenance = {**run.provenance, "packages": _versions(), "git": _git_revision(), "finished": stamp}
+    results = {e["claim"]: e for e in old.get("results", [])}
+    for r in run.results.values():
+        results[r.claim.id] = {**entry(r), "run": stamp}
+    not_measured = {k: v for k, v in old.get("not_measured", {}).items() if k not in run.results}
+    for claim_id, (status, reason) in run.outcomes.items():
+        if claim_id not in run.results and status != "checked":
+            not_measured[claim_id] = {"status": status, "reason": reason, "run": stamp}
+            results.pop(claim_id, None)
+    for claim_id in run.results:
+        not_measured.pop(claim_id, None)
+    data = {"schema_version": SCHEMA_VERSION, "profile": run.profile.name, "provenance": provenance,
+            "runs": [*old.get("runs", []), {"finished": stamp, "claims": sorted(run.results)}][-20:],
+            "results": list(results.values()), "not_measured": not_measured}
+    json_path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+
+    table = [(e["claim"], e["expected"], f"{e['value']:.4g}" + (f" p={e['p_value']:.2g}" if e.get("p_value") is not None else ""),
+              "" if e["n"] is None else str(e["n"]), _ci(e["ci"]), e["statistic"], e["verdict"]) for e in results.values()]
+    counts = {o: sum(e["outcome"] == o for e in results.values()) for o in ("holds", "does not hold", "inconclusive")}
+    body = [f"# {title}", "",
+            f"{len(results)} claims measured: {counts['holds']} hold, {counts['does not hold']} do not hold, "
+            f"{counts['inconclusive']} inconclusive; {len(not_measured)} not measured.", "",
+            _table(COLUMNS, table, markdown=True), ""]
+    if not_measured:
+        body += ["## Not measured", "", *[f"- **{k}**: {v['status']} — {v['reason']}" for k, v in not_measured.items()], ""]
+    power = power_rows(results.values())
+    if power:
+        body += ["## Power", "", "Whether \"does not hold\" or \"inconclusive\" means false or too few questions.", "",
+                 _table(("claim", "n", "effect", "CI", "min. detectable effect", "n for a conclusive verdict"), power,
+                        markdown=True), ""]
+    nulls = null_rows(results.values())
+    if nulls:
+        body += ["## Selection and nulls", "", "The feature chosen on the discovery half, on held-out questions, against the null; "
+                 "its discovery maximum beside what a best-of-N maximum gives by chance.", "",
+                 _table(("claim", "feature", "held-out acc.", "null 95th pct", "null percentile", "p", "discovery max",
+                         "best-of-N null 95th pct"), nulls, markdown=True), ""]
+    if run.data_notes:
+        body += ["## Data rows not used", "", *[f"- {note}" for note in run.data_notes], ""]
+    body += ["## What was run", ""]
+    for key, value in provenance.items():
+        if isinstance(value, dict):
+            body.append(f"- {key}: " + ", ".join(f"{k} {v}" for k, v in value.items()))
+        elif isinstance(value, list):
+            body += [f"- {key}:"] + [f"  - {v}" for v in value]
+        else:
+            body.append(f"- {key}: {value}")
+    body += ["", "## Claims", "", *[f"- **{e['claim']}** ({e['statistic']}): {e['sentence']} — source: {e['source']}"
+                                   for e in results.values()], "", *run.sections]
+    path = directory / "README.md"
+    path.write_text("\n".join(body) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,152 @@
+"""The one validation layer for what users' files hold: text, JSON and typed metadata, each failure one InputError.
+
+Readers of every format (GGUF keys, HF config.json, SAELens cfg.json, sidecars, MC data) go through these
+helpers instead of scattered int()/bool() calls, so a wrong type, a NaN or an undecodable byte always gives
+one line naming the file, the field and what was expected.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import pathlib
+from typing import Annotated, Any
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.errors import InputError
+
+BOM = b"\xef\xbb\xbf"
+
+# Typed fields shared by the per-format schemas (pydantic strict mode: no "1" for 1, no 0/1 for booleans).
+PositiveInt = Annotated[int, Field(strict=True, gt=0)]
+NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
+PositiveFloat = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+StrictBool = Annotated[bool, Field(strict=True)]
+StrictStr = Annotated[str, Field(strict=True)]
+
+
+class Schema(BaseModel):
+    """Base of the per-format metadata schemas: strict types, unknown keys kept aside (listed, never used)."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+    def ignored_fields(self) -> tuple[str, ...]:
+        """Keys present in the file that the schema does not read (shown in the report, never used)."""
+        return tuple(sorted(self.model_extra or {}))
+
+
+def one_line(text: Any, limit: int = 200) -> str:
+    """`text` squeezed onto one line and cut to `limit` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """repr(value) on one line, cut to `limit` characters (values can be whole token lists)."""
+    return one_line(repr(value), limit)
+
+
+def validate(schema: type[Schema], data: Any, source: str, *, prefix: str = "") -> Schema:
+    """`data` checked against `schema`; the first failing field becomes one InputError line naming `source`.
+
+    `prefix` is put before field names in the message (e.g. "phi3." for GGUF keys read without it).
+    """
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: expected a JSON object / key-value mapping, got {type(data).__name__}")
+    try:
+        return schema.model_validate(data)
+    except pydantic.ValidationError as error:
+        first = error.errors()[0]
+        field = prefix + (".".join(str(p) for p in first["loc"]) or "(top level)")
+        if first["type"] == "missing":
+            raise InputError(f"{source}: field {field} is missing") from None
+        raise InputError(
+            f"{source}: field {field} = {short_repr(first.get('input'))} ({type(first.get('input')).__name__}): "
+            f"{one_line(first['msg'], 120)}"
+        ) from None
+
+
+def file_error(path: str | os.PathLike, error: BaseException, *, expected: str = "a readable file") -> InputError:
+    """One InputError line for an OSError (missing, a folder, a symlink loop, no permission) on `path`."""
+    if isinstance(error, OSError):
+        reasons = {errno.ENOENT: "does not exist", errno.EISDIR: "is a folder", errno.ELOOP: "is a symlink loop or broken link",
+                   errno.EACCES: "permission denied", errno.ENOTDIR: "a parent is not a folder",
+                   errno.ENAMETOOLONG: "name too long"}
+        reason = reasons.get(error.errno, one_line(error.strerror or error, 100))
+    else:
+        reason = f"{type(error).__name__}: {one_line(error, 100)}"
+    return InputError(f"{path}: {reason} (expected {expected})")
+
+
+def read_bytes(path: str | os.PathLike, *, expected: str = "a readable file") -> bytes:
+    """The bytes of a regular file; a folder, a missing file or a link loop is one InputError line."""
+    path = pathlib.Path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder")
+        return path.read_bytes()
+    except OSError as error:
+        raise file_error(path, error, expected=expected) from error
+
+
+def decode_utf8(data: bytes, source: str) -> str:
+    """UTF-8 text with one leading BOM removed; another encoding fails naming the line and byte of the first bad byte."""
+    if data.startswith(BOM):
+        data = data[len(BOM):]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise InputError(
+            f"{source}: not UTF-8 text: byte 0x{data[error.start]:02x} at line {line} (byte offset {error.start}); "
+            "expected UTF-8 (re-save the file as UTF-8)"
+        ) from None
+
+
+def read_text(path: str | os.PathLike, *, expected: str = "a UTF-8 text file") -> str:
+    """A text file as str: UTF-8, BOM stripped; every failure is one InputError line naming the file."""
+    return decode_utf8(read_bytes(path, expected=expected), str(path))
+
+
+def _no_duplicate_keys(source: str):
+    def hook(pairs):
+        seen: dict = {}
+        for key, value in pairs:
+            if key in seen:
+                raise InputError(f"{source}: key {key!r} appears twice in one JSON object; expected each key once")
+            seen[key] = value
+        return seen
+    return hook
+
+
+def _no_constants(source: str):
+    def hook(name):
+        raise InputError(f"{source}: JSON holds {name}, which is not valid JSON; expected a finite number")
+    return hook
+
+
+def parse_json(text: str, source: str) -> Any:
+    """json.loads that refuses duplicate keys and NaN/Infinity; a syntax error names the line and column."""
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys(source), parse_constant=_no_constants(source))
+    except json.JSONDecodeError as error:
+        raise InputError(f"{source}: not valid JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+    except RecursionError:
+        raise InputError(f"{source}: JSON nested too deeply") from None
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON file whose top level is an object (UTF-8, BOM stripped, no duplicate keys, no NaN)."""
+    value = parse_json(read_text(path, expected="a UTF-8 JSON file"), str(path))
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: top level is {type(value).__name__}; expected a JSON object")
+    return value
+
+
+def finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,214 @@
+"""The claims gate cannot be green by accident: crashes, flips, ties, noise, drift, orphan claims and missing inputs
+each fail a pytester run of the plugin (harness.claims.plugin) on a tiny registry of synthetic measurements."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import harness.claims.measures  # noqa: F401  (imported once here: pytester's in-process runs cannot re-import numpy)
+from harness.claims import ClaimDoesNotHold, ClaimInconclusive, Measurement, Outcome, decide
+from harness.claims.registry import Claim
+from harness.errors import InputError
+
+pytest_plugins = ["pytester"]
+
+
+def _claim(**kw) -> Claim:
+    base = dict(id="X", sentence="s", profile="any", measure="sae_gate", args={"metric": "fvu"},
+                statistic="Wilson 95%", op=">=", expected=0.25, source="a public source")
+    return Claim(**{**base, **kw})
+
+
+# ---- decide(): three outcomes on the interval, never on the point ----------------------------------------------
+
+@pytest.mark.parametrize("ci, outcome", [((0.30, 0.40), Outcome.HOLDS), ((0.10, 0.20), Outcome.DOES_NOT_HOLD),
+                                         ((0.20, 0.30), Outcome.INCONCLUSIVE), ((0.25, 0.30), Outcome.INCONCLUSIVE)])
+def test_a_comparative_claim_is_decided_on_its_interval(ci, outcome):
+    assert decide(_claim(), Measurement(value=0.35, n=50, ci=ci)) is outcome
+
+
+def test_a_tie_is_inconclusive_not_holds():
+    """C3 measured 0.24 - 0.24 = 0 against '>= 0' and held on the point estimate: on its interval it cannot."""
+    tie = Measurement(value=0.0, n=50, ci=(-0.12, 0.12), statistic="bootstrap")
+    assert decide(_claim(expected=0.0), tie) is Outcome.INCONCLUSIVE
+    noise = Measurement(value=0.02, n=50, ci=(-0.06, 0.10))  # C4 'raises': +0.02 on 50 questions
+    assert decide(_claim(expected=0.0), noise) is Outcome.INCONCLUSIVE
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_a_non_finite_figure_is_an_error_not_a_verdict(value):
+    with pytest.raises(InputError, match="finite"):
+        decide(_claim(op=">=", expected=1.0, statistic="exact"), Measurement(value=value, statistic="exact"))
+
+
+def test_within_is_equivalence_and_reproduces_needs_precision():
+    band = _claim(op="within", expected=0.25, tolerance=0.10)
+    assert decide(band, Measurement(value=0.25, ci=(0.2, 0.3))) is Outcome.HOLDS
+    assert decide(band, Measurement(value=0.21, ci=(0.14, 0.30))) is Outcome.INCONCLUSIVE
+    assert decide(band, Measurement(value=0.6, ci=(0.5, 0.7))) is Outcome.DOES_NOT_HOLD
+    rep = _claim(op="reproduces", expected=0.561, tolerance=0.03)
+    assert decide(rep, Measurement(value=0.55, ci=(0.53, 0.57))) is Outcome.HOLDS
+    assert decide(rep, Measurement(value=0.55, ci=(0.45, 0.65))) is Outcome.INCONCLUSIVE  # too few questions
+    assert decide(rep, Measurement(value=0.40, ci=(0.38, 0.42))) is Outcome.DOES_NOT_HOLD
+
+
+def test_a_comparative_claim_without_an_interval_is_an_error():
+    with pytest.raises(InputError, match="no interval"):
+        decide(_claim(), Measurement(value=0.9, n=10))
+
+
+def test_a_test_claim_is_decided_on_its_p_value():
+    claim = _claim(op="not rejected", alpha=0.01, statistic="chi-square")
+    assert decide(claim, Measurement(value=3.0, p_value=0.2)) is Outcome.HOLDS
+    assert decide(claim, Measurement(value=300.0, p_value=1e-9)) is Outcome.DOES_NOT_HOLD
+
+
+def test_the_outcome_exceptions_are_distinct_assertion_errors():
+    assert issubclass(ClaimDoesNotHold, AssertionError) and issubclass(ClaimInconclusive, AssertionError)
+    assert not issubclass(ClaimInconclusive, ClaimDoesNotHold) and not issubclass(ClaimDoesNotHold, ClaimInconclusive)
+
+
+# ---- the plugin, end to end with pytester ----------------------------------------------------------------------
+
+REGISTRY = """
+[[claim]]
+id = "T-holds"
+sentence = "a figure above 0.25"
+profile = "any"
+measure = "sae_gate"
+args = {{ metric = "fvu" }}
+statistic = "Wilson 95%"
+op = ">="
+expected = 0.25
+source = "test"
+
+[[claim]]
+id = "T-false"
+sentence = "a figure above 0.9"
+profile = "any"
+measure = "sae_gate"
+args = {{ metric = "mean_l0" }}
+statistic = "Wilson 95%"
+op = ">="
+expected = 0.9
+recorded = "{false_recorded}"
+source = "test"
+"""
+
+TEST_MODULE = """
+import json, os, pathlib
+import pytest
+from harness.claims import Measurement
+
+FIGURES = json.loads(pathlib.Path(os.environ["GATE_FIGURES"]).read_text())
+
+@pytest.mark.measure("sae_gate")
+def test_gate(claim, check_claim):
+    f = FIGURES[claim.id]
+    if f == "crash":
+        raise KeyError("a bug in the measurement")
+    if f == "no result":
+        return
+    check_claim(claim, Measurement(value=f[0], n=50, ci=(f[1], f[2]), statistic="Wilson 95%"))
+"""
+
+
+@pytest.fixture
+def gate(pytester, monkeypatch):
+    """run(figures, registry=..., extra args) -> RunResult of a claims run in a fresh pytester folder."""
+    figures_file = pytester.path / "figures.json"
+    monkeypatch.setenv("GATE_FIGURES", str(figures_file))
+    pytester.makeini("[pytest]\nclaims_registry = evals/claims.toml\n")
+    evals = pytester.mkdir("evals")
+    (evals / "test_gate.py").write_text(TEST_MODULE)
+
+    def run(figures: dict, *args, false_recorded: str = "does not hold", registry: str | None = None):
+        (evals / "claims.toml").write_text(registry or REGISTRY.format(false_recorded=false_recorded))
+        figures_file.write_text(json.dumps(figures))
+        return pytester.runpytest_inprocess("evals", "-p", "no:cacheprovider", "--reports-dir", str(pytester.path / "reports"), *args)
+
+    return run
+
+
+FIRST = {"T-holds": [0.4, 0.3, 0.5], "T-false": [0.5, 0.4, 0.6]}
+
+
+def test_recorded_outcomes_pass_and_the_report_lists_them(gate, pytester):
+    gate(FIRST, "--regen-all").assert_outcomes(passed=1, xfailed=1)
+    result = gate(FIRST)
+    result.assert_outcomes(passed=1, xfailed=1)
+    report = json.loads((pytester.path / "reports" / "smollm2-default" / "claims.json").read_text())
+    assert report["schema_version"] == 2 and {e["claim"]: e["outcome"] for e in report["results"]} == {
+        "T-holds": "holds", "T-false": "does not hold"}
+    assert "git" in report["provenance"] and "packages" in report["provenance"]
+
+
+def test_a_crash_under_a_recorded_false_claim_fails_the_run(gate):
+    gate(FIRST, "--regen-all")
+    result = gate({**FIRST, "T-false": "crash"})
+    result.assert_outcomes(passed=1, failed=1)
+    assert result.ret != 0
+
+
+@pytest.mark.parametrize("figures, recorded", [
+    ({**FIRST, "T-false": [0.95, 0.92, 0.98]}, "does not hold"),  # false -> holds
+    ({**FIRST, "T-holds": [0.1, 0.05, 0.15]}, "does not hold"),   # holds -> false
+    ({**FIRST, "T-holds": [0.26, 0.2, 0.32]}, "does not hold"),   # holds -> inconclusive
+    (FIRST, "inconclusive"),                                       # recorded inconclusive, measured false
+])
+def test_a_flip_in_any_direction_fails_the_run(gate, figures, recorded):
+    gate(FIRST, "--regen-all", false_recorded=recorded)
+    result = gate(figures, false_recorded=recorded)
+    assert result.ret != 0
+    assert result.parseoutcomes().get("failed", 0) == 1
+
+
+def test_figure_drift_beyond_the_interval_fails_without_a_flip(gate):
+    gate(FIRST, "--regen-all")
+    gate({**FIRST, "T-holds": [0.44, 0.34, 0.54]}).assert_outcomes(passed=1, xfailed=1)  # within the half-width 0.1
+    result = gate({**FIRST, "T-holds": [0.7, 0.6, 0.8]})  # still holds, but moved 0.3
+    result.assert_outcomes(failed=1, xfailed=1)
+
+
+def test_a_claim_test_that_produces_no_result_fails(gate):
+    gate(FIRST, "--regen-all")
+    result = gate({**FIRST, "T-holds": "no result"})
+    result.assert_outcomes(failed=1, xfailed=1)
+    result.stdout.fnmatch_lines(["*T-holds*no result was produced*"])
+
+
+def test_an_orphan_claim_is_a_collection_error(gate):
+    orphan = REGISTRY.format(false_recorded="does not hold") + """
+[[claim]]
+id = "T-orphan"
+sentence = "no test measures this"
+profile = "any"
+measure = "model_accuracy"
+args = { set = "mmlu", format = "letter", reading = "letter" }
+statistic = "Wilson 95%"
+op = ">="
+expected = 0.5
+source = "test"
+"""
+    result = gate(FIRST, registry=orphan)
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(["*T-orphan*model_accuracy*0 tests*"])
+
+
+def test_an_unknown_measure_or_argument_in_the_registry_is_an_error(gate):
+    bad = REGISTRY.format(false_recorded="does not hold").replace('metric = "fvu"', 'metrik = "fvu"')
+    result = gate(FIRST, registry=bad)
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*T-holds*takes no argument 'metrik'*"])
+
+
+@pytest.mark.parametrize("option", ["--model=/no/such/dir", "--sae=/no/such/sae", "--dataset=hendrycks:/no/such/folder",
+                                    "--model=nobody/not-a-cached-model"])
+def test_an_input_the_user_named_that_does_not_exist_is_a_usage_error(gate, option, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    result = gate(FIRST, option)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert len([line for line in result.stderr.lines if line.startswith("ERROR:")]) == 1  # one line, no test run
+    assert "passed" not in result.stdout.str() and "xfailed" not in result.stdout.str()
