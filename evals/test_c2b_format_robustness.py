@@ -7,6 +7,9 @@ run, rotations 1-3 run here), two more letter variants at rotation 0, and the se
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import pathlib
 
 import numpy as np
@@ -20,8 +23,29 @@ from harness.data.subset import stratified_subset
 N_QUESTIONS = 100
 
 
+def cached_scorer(model, checkpoint, variant, cached, *, batch_size: int = 16) -> format_robustness.Scorer:
+    """format_robustness.letter_scorer whose score arrays (and boundary-mismatch counts) come from the activation
+    cache, keyed by the variant, the shift, the questions' text and choices, and format_robustness.py's source."""
+    live = format_robustness.letter_scorer(model, checkpoint, variant, batch_size=batch_size)
+
+    def score(questions, shift):
+        content = json.dumps([(q.question, list(q.choices)) for q in questions], ensure_ascii=False)
+        key = {"variant": dataclasses.asdict(variant), "shift": int(shift), "batch_size": batch_size,
+               "questions": hashlib.sha256(content.encode()).hexdigest()}
+        arrays = cached("letter-variant scores", key, lambda: {
+            "scores": np.asarray(live(questions, shift), np.float64),
+            "mismatches": np.int64(live.mismatches[-1]), "sequence_scored": np.int64(live.sequence_scored[-1])},
+            code=("format_robustness.py",))
+        score.mismatches.append(int(arrays["mismatches"]))
+        score.sequence_scored.append(int(arrays["sequence_scored"]))
+        return arrays["scores"]
+
+    score.mismatches, score.sequence_scored = [], []
+    return score
+
+
 @pytest.fixture(scope="module")
-def format_credits(profile, checkpoint, model, question_sets, option_runs) -> FormatCredits:
+def format_credits(profile, checkpoint, model, question_sets, option_runs, cached) -> FormatCredits:
     """Per-question credit of every rotation and variant on the same questions, with the rotation study."""
     role = "mmlu" if "mmlu" in question_sets else next(iter(question_sets))
     runs = {f: option_runs(role, f) for f in ("letter", "text", "cloze")}
@@ -33,7 +57,7 @@ def format_credits(profile, checkpoint, model, question_sets, option_runs) -> Fo
     idx = {f: i[keep] for f, i in idx.items()}
     questions = [letter.questions[i] for i in idx["letter"]]
     answers = letter.answers[idx["letter"]]
-    original = format_robustness.letter_scorer(model, checkpoint, format_robustness.VARIANT_BY_NAME["paren-open"])
+    original = cached_scorer(model, checkpoint, format_robustness.VARIANT_BY_NAME["paren-open"], cached)
     rotation0 = letter.letter_logits[idx["letter"]]  # the same prompt and letter tokens, already run
     seen: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -47,7 +71,7 @@ def format_credits(profile, checkpoint, model, question_sets, option_runs) -> Fo
     variants = {"letter paren-open (the original; rotation 0)": rotations["shift 0"]}
     mismatches = {"paren-open": sum(original.mismatches)}
     for v in format_robustness.VARIANTS[1:]:
-        s = format_robustness.letter_scorer(model, checkpoint, v)
+        s = cached_scorer(model, checkpoint, v, cached)
         variants[f"letter {v.name}"] = scores.argmax_credit(np.asarray(s(questions, 0), float), answers)
         mismatches[v.name] = sum(s.mismatches)
     variants["text (summed log-prob)"] = scores.argmax_credit(runs["text"].logprob[idx["text"]], answers)

@@ -63,13 +63,39 @@ class Contexts:
 
 
 @pytest.fixture(scope="module")
-def studies(profile, checkpoint, model, sae, question_sets, candidates) -> dict:
-    """{feature: FeatureStudy} from one pass over the plain text and the MC prompts."""
+def studies(profile, checkpoint, model, sae, question_sets, candidates, cached) -> dict:
+    """{feature: FeatureStudy} from one pass over the plain text and the MC prompts (activations cached on disk)."""
+    from harness.activation_cache import digest_file
+
     questions, _ = stratified_subset(question_sets[candidates.role][0],
                                      min(N_QUESTIONS, len(question_sets[candidates.role][0])), seed=SEED)
-    return feature_contexts.study_features(model, checkpoint, sae[0], list(candidates.why), questions,
-                                           fmt=candidates.fmt, layer=profile.layer, hook=profile.hook,
-                                           n_plain_tokens=N_PLAIN_TOKENS, top_n=TOP_N, seed=SEED)
+    tok, max_context = checkpoint.tokenizer, checkpoint.config.max_context
+    plain, note, mc = feature_contexts.study_sequences(tok, questions, fmt=candidates.fmt, n_plain_tokens=N_PLAIN_TOKENS,
+                                                       max_context=max_context, seed=SEED)
+    feats = [int(f) for f in candidates.why]
+    run = dict(layer=profile.layer, hook=profile.hook, max_context=max_context, reading="encoder", batch_size=16)
+    sae_digest = digest_file(profile.sae)
+
+    def activations(sequences) -> dict[int, tuple[np.ndarray, ...]]:
+        """sequence_activations through the cache: keyed by the sequences' tokens, SAE file, features and run."""
+        sequences = [np.asarray(s) for s in sequences]
+        if not sequences:
+            return {f: () for f in feats}
+        lengths = np.array([s.size for s in sequences], np.int64)
+        key = {**run, "sae": sae_digest, "features": feats, "lengths": lengths,
+               "tokens": np.concatenate(sequences).astype(np.int64)}
+
+        def compute():
+            acts = feature_contexts.sequence_activations(model, sae[0], feats, sequences, **run)
+            return {f"feature {f}": np.concatenate(acts[f]) for f in feats}
+
+        arrays = cached("feature activations", key, compute,
+                        code=("feature_contexts.py", "sae/sae.py", "sae/formats.py"))
+        return {f: tuple(np.split(arrays[f"feature {f}"], np.cumsum(lengths)[:-1])) for f in feats}
+
+    return feature_contexts.studies_from_activations(tok, feats, plain, note, mc, activations(list(plain)),
+                                                     activations(list(mc.ids)), top_n=TOP_N, reading="encoder",
+                                                     seed=SEED)
 
 
 @pytest.mark.measure("answer_share", "plain_vs_answer_max")

@@ -10,13 +10,10 @@ import json
 import pathlib
 from typing import Sequence
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the Agg backend)
-
-from harness.compile_timing import CompileTiming, growth, speedup  # noqa: E402
-from harness.model.forms import Form  # noqa: E402
+from harness.compile_timing import CompileTiming, growth, speedup
+from harness.model.forms import Form
 
 PLOT_NAME = "compile_time.png"
 JSON_NAME = "compile_time.json"
@@ -66,7 +63,8 @@ def plot_compile_times(timings: Sequence[CompileTiming], path: str | pathlib.Pat
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     shapes = sorted({t.shape for t in timings})
-    fig, axes = plt.subplots(1, max(len(shapes), 1), figsize=(5.5 * max(len(shapes), 1), 4), squeeze=False)
+    fig = Figure(figsize=(5.5 * max(len(shapes), 1), 4))  # not pyplot: no global backend, nothing to close
+    axes = fig.subplots(1, max(len(shapes), 1), squeeze=False)
     for ax, shape in zip(axes[0], shapes):
         for form in Form:
             points = sorted((t.n_layers, getattr(t.total, clock)) for t in timings if t.shape == shape and t.form is form)
@@ -81,7 +79,6 @@ def plot_compile_times(timings: Sequence[CompileTiming], path: str | pathlib.Pat
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -20,16 +20,13 @@ import pathlib
 from collections.abc import Mapping, Sequence
 
 import jinja2
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from harness.errors import InputError  # noqa: E402
-from harness.feature_contexts import ORIGINS, PLAIN, Context, FeatureStudy, TokenSet  # noqa: E402
-from harness.format_robustness import unembedding  # noqa: E402
-from harness.sae import sae as sae_lib  # noqa: E402
+from harness.errors import InputError
+from harness.feature_contexts import ORIGINS, PLAIN, Context, FeatureStudy, TokenSet
+from harness.format_robustness import unembedding
+from harness.sae import sae as sae_lib
 
 ORIGIN_COLOR = {"plain text": "#1f77b4", "MC prompt": "#ff7f0e", "MC answer": "#d62728"}
 N_LOGITS = 12
@@ -64,7 +61,8 @@ def histogram_png(sets: Sequence[TokenSet], *, feature: int, reading: str) -> by
         for o in ORIGINS:
             if (o == PLAIN) == (s.name == PLAIN):
                 values[o].append(s.values(o))
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    fig = Figure(figsize=(6.5, 3.2))  # not pyplot: no global backend, nothing to close
+    ax = fig.add_subplot()
     allv = np.concatenate([np.concatenate(v) for v in values.values() if v]) if any(values.values()) else np.zeros(1)
     nonzero = allv[allv != 0]
     bins = np.linspace(nonzero.min(), nonzero.max(), 41) if nonzero.size and nonzero.min() < nonzero.max() else 40
@@ -83,7 +81,6 @@ def histogram_png(sets: Sequence[TokenSet], *, feature: int, reading: str) -> by
     ax.legend(fontsize=7)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -250,7 +247,7 @@ def section(profile: str, links: Sequence[tuple[int, str, pathlib.Path]], base: 
     for feature, why, path in links:
         html_link, md_link = _link(path, base), _link(pathlib.Path(path).with_suffix(".md"), base)
         lines.append(f"- feature {feature} ({why}): [{html_link}]({html_link}), [{md_link}]({md_link})")
-    lines.append(f"\nBuild one for any feature: `python scripts/feature_dashboard.py --profile {profile} --feature N`")
+    lines.append(f"\nBuild one for any feature: `claims-harness dashboard --profile {profile} --feature N`")
     return "\n".join(lines) + "\n"
 
 

@@ -381,23 +381,41 @@ class FeatureStudy:
     contexts: tuple[Context, ...]
 
 
-def study_features(model, checkpoint, params, features: Sequence[int], questions: Sequence[MCQuestion], *, fmt: str,
-                   layer: int, hook: str, n_plain_tokens: int, top_n: int = 20, reading: str = "encoder",
-                   seed: int = 0, corpus=None, batch_size: int = 16) -> dict[int, FeatureStudy]:
-    """{feature: FeatureStudy}: the plain text and the MC prompts run once, every feature read from the same forwards."""
-    tok = checkpoint.tokenizer
-    max_context = checkpoint.config.max_context
-    plain, note = plain_text_sequences(tok, n_tokens=n_plain_tokens, seed=seed, corpus=corpus)
-    mc = mc_sequences(tok, questions, fmt=fmt, max_len=max_context)
-    run = dict(layer=layer, hook=hook, max_context=max_context, reading=reading, batch_size=batch_size)
-    plain_acts = sequence_activations(model, params, features, list(plain), **run)
-    mc_acts = sequence_activations(model, params, features, list(mc.ids), **run)
+def study_sequences(tokenizer, questions: Sequence[MCQuestion], *, fmt: str, n_plain_tokens: int, max_context: int,
+                    seed: int = 0, corpus=None) -> tuple[np.ndarray, str, MCSequences]:
+    """(plain-text sequences, their note, MC sequences): the token inputs of a study, no model run.
+
+    Split from study_features so a caller can run (and cache) the model part, sequence_activations, on its own.
+    """
+    plain, note = plain_text_sequences(tokenizer, n_tokens=n_plain_tokens, seed=seed, corpus=corpus)
+    return plain, note, mc_sequences(tokenizer, questions, fmt=fmt, max_len=max_context)
+
+
+def studies_from_activations(tokenizer, features: Sequence[int], plain: np.ndarray, note: str, mc: MCSequences,
+                             plain_acts: dict[int, Sequence[np.ndarray]], mc_acts: dict[int, Sequence[np.ndarray]], *,
+                             top_n: int = 20, reading: str = "encoder", seed: int = 0) -> dict[int, FeatureStudy]:
+    """{feature: FeatureStudy} from activations already read (sequence_activations of `plain` and `mc.ids`); pure."""
     out = {}
     for f in features:
         sets = (plain_token_set(plain, plain_acts[int(f)], note=note), mc_token_set(mc, mc_acts[int(f)]))
         top = pooled_top(sets, top_n, seed=seed)
         out[int(f)] = FeatureStudy(feature=int(f), reading=reading, sets=sets,
                                    firing=firing(sets, feature=int(f), reading=reading, top_n=top_n, seed=seed),
-                                   contexts=tuple(contexts(sets, top, lambda t: tok.decode([t]),
-                                                           texts=functools.partial(token_texts, tok))))
+                                   contexts=tuple(contexts(sets, top, lambda t: tokenizer.decode([t]),
+                                                           texts=functools.partial(token_texts, tokenizer))))
     return out
+
+
+def study_features(model, checkpoint, params, features: Sequence[int], questions: Sequence[MCQuestion], *, fmt: str,
+                   layer: int, hook: str, n_plain_tokens: int, top_n: int = 20, reading: str = "encoder",
+                   seed: int = 0, corpus=None, batch_size: int = 16) -> dict[int, FeatureStudy]:
+    """{feature: FeatureStudy}: the plain text and the MC prompts run once, every feature read from the same forwards."""
+    tok = checkpoint.tokenizer
+    max_context = checkpoint.config.max_context
+    plain, note, mc = study_sequences(tok, questions, fmt=fmt, n_plain_tokens=n_plain_tokens, max_context=max_context,
+                                      seed=seed, corpus=corpus)
+    run = dict(layer=layer, hook=hook, max_context=max_context, reading=reading, batch_size=batch_size)
+    plain_acts = sequence_activations(model, params, features, list(plain), **run)
+    mc_acts = sequence_activations(model, params, features, list(mc.ids), **run)
+    return studies_from_activations(tok, features, plain, note, mc, plain_acts, mc_acts, top_n=top_n, reading=reading,
+                                    seed=seed)

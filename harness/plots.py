@@ -1,4 +1,4 @@
-"""Report plots (matplotlib, Agg backend): feature accuracy letter vs text, per-subject accuracies, tie rules.
+"""Report plots (matplotlib Figures, no global backend): feature accuracy letter vs text, per subject, tie rules.
 
 Each function writes one PNG and returns its path; `feature_sections` returns markdown that links them.
 They draw figures computed elsewhere (harness.features) and never recompute a score.
@@ -9,23 +9,25 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from harness.errors import InputError  # noqa: E402
-from harness.stats import Accuracy  # noqa: E402
+from harness.errors import InputError
+from harness.stats import Accuracy
 
 GROUP_STYLE = {"top": ("tab:red", "o"), "pursuit": ("tab:blue", "s"), "control": ("tab:gray", "^")}
 CHANCE = 0.25
 
 
-def _save(fig, path: pathlib.Path) -> pathlib.Path:
+def _axes(figsize: tuple[float, float]):
+    """A fresh Figure (not registered with pyplot, so no backend is chosen and nothing needs closing) and its Axes."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.add_subplot()
+
+
+def _save(fig: Figure, path: pathlib.Path) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -35,7 +37,7 @@ def accuracy_scatter(acc_x, acc_y, groups: Mapping[str, Sequence[int]], path, *,
     x, y = np.asarray(acc_x, float), np.asarray(acc_y, float)
     if x.shape != y.shape or x.ndim != 1:
         raise InputError(f"accuracy_scatter: expected two equal 1-D per-feature arrays, got {x.shape} and {y.shape}")
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = _axes((5.5, 5))
     ax.scatter(x, y, s=4, c="lightgray", label=f"all {x.size} features", rasterized=True)
     for group, feats in groups.items():
         color, marker = GROUP_STYLE.get(group, ("black", "x"))
@@ -55,7 +57,7 @@ def subject_accuracies(per_subject: Mapping[str, Mapping[str, Accuracy]], path, 
     if not per_subject:
         raise InputError("subject_accuracies: no series to plot")
     subjects = sorted(set().union(*(s.keys() for s in per_subject.values())))
-    fig, ax = plt.subplots(figsize=(7, max(3.0, 0.22 * len(subjects) + 1)))
+    fig, ax = _axes((7, max(3.0, 0.22 * len(subjects) + 1)))
     offsets = np.linspace(-0.25, 0.25, len(per_subject)) if len(per_subject) > 1 else [0.0]
     for (name, series), dy in zip(per_subject.items(), offsets):
         ys = [i + dy for i, s in enumerate(subjects) if s in series]
@@ -93,7 +95,7 @@ def tie_rule_difference(acc_share, acc_first, path, *, title: str) -> pathlib.Pa
     if share.shape != first.shape or share.ndim != 1:
         raise InputError(f"tie_rule_difference: expected two equal 1-D per-feature arrays, got {share.shape} and {first.shape}")
     d = first - share
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    fig, ax = _axes((5.5, 3.5))
     ax.hist(d, bins=60, color="tab:purple")
     ax.axvline(0, color="black", lw=0.6)
     ax.set(xlabel="accuracy(tie-to-first) − accuracy(ties shared)", ylabel="features", yscale="log",

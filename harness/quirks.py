@@ -291,7 +291,7 @@ def quirk_ablation(option_scores, answers, *, quirks: Quirks | None = None, head
              "better_of picks the direction after seeing the data: its interval is nominal (selection inflates it)"]
     if quirks.truncate is not None and reread is None:
         notes.append("truncated prompts were not re-read: their four option scores are tied (exact for accuracy), "
-                     f"the AUC of rows with truncation is not computed")
+                     "the AUC of rows with truncation is not computed")
     return QuirkAblation(rows=rows, notes=tuple(notes))
 
 

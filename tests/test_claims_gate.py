@@ -212,3 +212,24 @@ def test_an_input_the_user_named_that_does_not_exist_is_a_usage_error(gate, opti
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert len([line for line in result.stderr.lines if line.startswith("ERROR:")]) == 1  # one line, no test run
     assert "passed" not in result.stdout.str() and "xfailed" not in result.stdout.str()
+
+
+def test_a_partial_run_merges_into_the_report_by_claim_id(gate, pytester):
+    gate(FIRST, "--regen-all")
+    gate({**FIRST, "T-holds": [0.41, 0.31, 0.51]}, "-k", "T-holds").assert_outcomes(passed=1)
+    report = json.loads((pytester.path / "reports" / "smollm2-default" / "claims.json").read_text())
+    values = {e["claim"]: e["value"] for e in report["results"]}
+    assert values == {"T-holds": 0.41, "T-false": 0.5}  # T-false kept from the full run, T-holds replaced
+    assert [sorted(r["claims"]) for r in report["runs"]][-2:] == [["T-false", "T-holds"], ["T-holds"]]
+
+
+def test_a_skipped_claim_is_listed_with_its_reason(gate, pytester):
+    gate(FIRST, "--regen-all")
+    result = gate(FIRST, "--deselect", "evals/test_gate.py::test_gate[T-false]")
+    result.assert_outcomes(passed=1)
+    module = (pytester.path / "evals" / "test_gate.py")
+    module.write_text(module.read_text().replace("    f = FIGURES[claim.id]", "    pytest.skip('input not given')\n    f = FIGURES[claim.id]"))
+    gate(FIRST).assert_outcomes(skipped=2)
+    report = json.loads((pytester.path / "reports" / "smollm2-default" / "claims.json").read_text())
+    assert report["not_measured"]["T-holds"]["status"] == "skipped"
+    assert report["not_measured"]["T-holds"]["reason"] == "input not given"

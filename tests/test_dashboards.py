@@ -206,3 +206,17 @@ def test_a_dashboard_written_alone_still_has_an_index_to_link_to(tmp_path):
     for page in (html_path, md_path):
         assert all((page.parent / link).is_file() for link in _links(page))
     assert "(feature-7.html)" in (tmp_path / "README.md").read_text()
+
+
+def test_importing_and_drawing_leaves_the_global_matplotlib_backend_alone(tmp_path):
+    # A fresh interpreter: pyplot or a backend chosen by another test in this process would hide the switch.
+    code = (
+        "import sys, matplotlib, numpy as np\n"
+        "from harness import plots, dashboards, compile_report\n"
+        f"plots.tie_rule_difference(np.array([.3, .5]), np.array([.3, .6]), __import__('pathlib').Path({str(tmp_path)!r}) / 't.png', title='t')\n"
+        "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)\n"
+    )
+    env = {**__import__("os").environ, "MPLBACKEND": "pdf", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([__import__("sys").executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["pdf", "False"]
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"

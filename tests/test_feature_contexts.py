@@ -203,3 +203,47 @@ def test_equal_size_maxima_compare_like_with_like(shift, expected):
     else:  # the raw max over 20,000 tokens beats the one over 200 almost surely; equal-size draws do not
         assert plain.max() > answer.max() and lo < 0 < hi
     assert got["m"] == 200 and got["decidable"]
+
+
+def test_the_split_study_on_activations_round_tripped_through_the_cache_equals_study_features(tiny, tmp_path):
+    """The evals fixture's path (study_sequences, activations concatenated into the disk cache and split back,
+    studies_from_activations) gives the same study as study_features in one go."""
+    from harness.activation_cache import ActivationCache
+    from harness.data.records import MCQuestion
+    from harness.sae.corpus import Corpus, Document
+
+    ck, model = tiny
+    rng = np.random.default_rng(2)
+    d = ck.config.d_model
+    params = sae_lib.SAEParams(W_enc=jnp.asarray(rng.normal(0, 1, (d, 6)), jnp.float32), b_enc=jnp.zeros(6),
+                               W_dec=jnp.asarray(rng.normal(0, 1, (6, d)), jnp.float32), b_dec=jnp.zeros(d))
+    corpus = Corpus(documents=tuple(Document(name=f"d{i}", source="t", text=f"plain words {i} " * (5 + i))
+                                    for i in range(30)), skipped={}, python_version="test")
+    questions = [MCQuestion(question=f"q {i}?", choices=tuple(f"c{i}{k}" for k in range(4)), answer=i % 4,
+                            subject="s", source="t", qid=f"t:{i}") for i in range(3)]
+    feats = [1, 5]
+    common = dict(fmt="cloze", n_plain_tokens=60, seed=0, corpus=corpus)
+    run = dict(layer=1, hook="resid_pre", max_context=ck.config.max_context, reading="encoder", batch_size=4)
+    whole = FC.study_features(model, ck, params, feats, questions, top_n=5, **common,
+                              **{k: v for k, v in run.items() if k != "max_context"})
+
+    plain, note, mc = FC.study_sequences(ck.tokenizer, questions, max_context=ck.config.max_context, **common)
+    cache = ActivationCache(directory=tmp_path)
+
+    def acts(seqs):
+        lengths = [len(s) for s in seqs]
+        key = {"tokens": np.concatenate(seqs), "lengths": np.array(lengths)}
+        arrays = cache.get_or_compute(key, lambda: {str(f): np.concatenate(a) for f, a in FC.sequence_activations(
+            model, params, feats, seqs, **run).items()})
+        return {f: tuple(np.split(arrays[str(f)], np.cumsum(lengths)[:-1])) for f in feats}
+
+    acts(list(plain)), acts(list(mc.ids))  # the first call fills the cache; the split path below reads it back
+    assert cache.misses == 2
+    split = FC.studies_from_activations(ck.tokenizer, feats, plain, note, mc, acts(list(plain)), acts(list(mc.ids)),
+                                        top_n=5, reading="encoder", seed=0)
+    assert cache.hits == 2 and sorted(split) == feats
+    for f in feats:
+        assert split[f].contexts == whole[f].contexts and repr(split[f].firing) == repr(whole[f].firing)
+        for a, b in zip(split[f].sets, whole[f].sets):
+            assert a.note == b.note and all(np.array_equal(x, y) for x, y in zip(a.acts, b.acts))
+            assert len(a.acts) == len(b.acts) > 0

@@ -168,3 +168,18 @@ def test_card_command_fails_on_a_card_that_disagrees_with_the_weights(tmp_path):
     done = _run_card("--sae", str(copy), "--only", "gate_sample")
     assert done.returncode == 1
     assert any(line.startswith("MISMATCH") and " fvu " in line for line in done.stdout.splitlines())
+
+
+def test_gate_arrays_round_tripped_through_the_cache_give_evaluate_sae_exactly(models, checkpoint, tokens, tiny_sae,
+                                                                              tmp_path):
+    """The evals gate fixture caches gate_arrays on disk and rebuilds the figures with evaluation_from_arrays."""
+    from harness.activation_cache import ActivationCache
+
+    model, ctx = models[Form.SCAN], checkpoint.config.max_context
+    run = dict(layer=LAYER, max_context=ctx, n_ce_sequences=3, batch_size=3)
+    ev = splice.evaluate_sae(model, tiny_sae, tokens, outlier_factor=1.05, **run)
+    cache = ActivationCache(directory=tmp_path)
+    cache.get_or_compute({"t": tokens}, lambda: splice.gate_arrays(model, tiny_sae, tokens, **run))
+    arrays = cache.get_or_compute({"t": tokens}, lambda: pytest.fail("the second read must be a cache hit"))
+    assert arrays["x"].shape == (tokens.shape[0] * (tokens.shape[1] - 1), checkpoint.config.d_model)
+    assert splice.evaluation_from_arrays(tiny_sae, arrays, outlier_factor=1.05) == ev

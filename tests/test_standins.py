@@ -58,8 +58,6 @@ def test_hf_and_gguf_tokenizers_agree_on_plain_text(layouts, text):
     assert layouts["hf-folder"].tokenizer.encode(text) == layouts["gguf"].tokenizer.encode(text)
 
 
-@pytest.mark.xfail(strict=True, reason="harness.model.gguf_reader does not apply llama.cpp's phi-3 RSTRIP token attributes "
-                   "(llama-vocab.cpp sets them when general.name contains 'phi3': whitespace after the chat tokens is dropped, as tokenizer.json's rstrip does)")
 def test_hf_and_gguf_tokenizers_agree_on_the_chat_prompt(layouts):
     texts = [context_text(ck.tokenizer, QUESTION, "letter") for ck in layouts.values()]
     assert len(set(texts)) == 1

@@ -129,10 +129,11 @@ def write_report(run, directory: pathlib.Path, *, title: str) -> pathlib.Path:
     old = _previous(json_path)
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     provenance = {**run.provenance, "packages": _versions(), "git": _git_revision(), "finished": stamp}
-    results = {e["claim"]: e for e in old.get("results", [])}
+    known = {c.id for c in run.claims if c.applies_to(run.profile.name)}  # a renamed or removed claim leaves the report
+    results = {e["claim"]: e for e in old.get("results", []) if e.get("claim") in known}
     for r in run.results.values():
         results[r.claim.id] = {**entry(r), "run": stamp}
-    not_measured = {k: v for k, v in old.get("not_measured", {}).items() if k not in run.results}
+    not_measured = {k: v for k, v in old.get("not_measured", {}).items() if k not in run.results and k in known}
     for claim_id, (status, reason) in run.outcomes.items():
         if claim_id not in run.results and status != "checked":
             not_measured[claim_id] = {"status": status, "reason": reason, "run": stamp}

@@ -32,6 +32,7 @@ SUPPORTED_TENSOR_TYPES: frozenset[Q] = frozenset(
 
 # llama.cpp token types (gguf.TokenType): 3 CONTROL and 4 USER_DEFINED are matched whole in text.
 _CONTROL, _USER_DEFINED = int(gguf.TokenType.CONTROL), int(gguf.TokenType.USER_DEFINED)
+PHI3_KEEP_WHITESPACE = ("<unk>", "<s>", "<|endoftext|>")  # phi3 special tokens without llama.cpp's RSTRIP
 
 # GGUF tensor suffix → canonical suffix, per layer; phi3's fused tensors are handled apart.
 _LAYER_TENSORS = {
@@ -344,12 +345,17 @@ def read_tokenizer(reader: gguf.GGUFReader, path: pathlib.Path, *, values: dict 
         add_bos_default = True
     else:
         raise InputError(f"{path}: tokenizer.ggml.model is {kind!r:.60}, expected 'gpt2' or 'llama'")
-    tokenizer.add_special_tokens(
-        [tokenizers.AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == _CONTROL]
-    )
-    tokenizer.add_tokens(
-        [tokenizers.AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == _USER_DEFINED]
-    )
+    # llama.cpp (llama-vocab.cpp) gives phi3's special tokens the RSTRIP attribute, as Phi-3's tokenizer.json does:
+    # the whitespace after <|user|>, <|end|>, </s>, ... is dropped; not after <unk>, <s>, <|endoftext|>
+    phi3 = values.get("general.architecture") == "phi3"
+
+    def rstrip(t: str) -> bool:
+        return phi3 and t not in PHI3_KEEP_WHITESPACE
+
+    tokenizer.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False, rstrip=rstrip(t))
+                                  for t, k in zip(tokens, types) if k == _CONTROL])
+    tokenizer.add_tokens([tokenizers.AddedToken(t, special=False, normalized=False, rstrip=rstrip(t))
+                          for t, k in zip(tokens, types) if k == _USER_DEFINED])
     if tokenizer.get_vocab_size(with_added_tokens=True) != len(tokens):
         raise InputError(
             f"{path}: tokenizer.ggml.tokens lists {len(tokens)} tokens but the built tokenizer has "

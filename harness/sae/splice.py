@@ -121,6 +121,35 @@ def residual_batches(model, tokens, *, layer: int, where: capture.Where = "pre",
         yield resid.reshape(-1, resid.shape[-1])
 
 
+def gate_arrays(model, params: SAEParams, tokens, *, layer: int, where: capture.Where = "pre", max_context: int,
+                n_ce_sequences: int | None = None, batch_size: int = 8, progress: bool = False) -> dict[str, np.ndarray]:
+    """The model part of evaluate_sae as plain arrays (so a caller can cache them): residuals "x" [token, d_model]
+    (BOS left out) and "ce" = [clean, spliced, zero-ablated] mean CE with "n_predictions" over the first n_ce_sequences."""
+    tokens = _check_sequences(tokens)
+    n_ce = tokens.shape[0] if n_ce_sequences is None else n_ce_sequences
+    if not 0 < n_ce <= tokens.shape[0]:
+        raise InputError(f"n_ce_sequences={n_ce_sequences}, expected 1..{tokens.shape[0]} (the sequences given)")
+    x = np.concatenate(list(residual_batches(model, tokens, layer=layer, where=where, max_context=max_context,
+                                             batch_size=batch_size)))
+    ce = ce_losses(model, tokens[:n_ce], layer=layer, where=where, max_context=max_context, batch_size=batch_size,
+                   edit=lambda r: reconstruct(params, r), progress=progress)
+    return {"x": x, "ce": np.array([ce.ce_clean, ce.ce_spliced, ce.ce_zero_ablate], np.float64),
+            "n_predictions": np.int64(ce.n_predictions), "n_sequences": np.int64(tokens.shape[0])}
+
+
+def evaluation_from_arrays(params: SAEParams, arrays: dict[str, np.ndarray], *,
+                           outlier_factor: float = 10.0) -> SAEEvaluation:
+    """The pure part of evaluate_sae: quality on gate_arrays' residuals (norm outliers dropped) and its CE figures."""
+    x = np.asarray(arrays["x"])
+    kept, n_outliers = drop_outlier_tokens(x, factor=outlier_factor)
+    ce_clean, ce_spliced, ce_zero = (float(v) for v in arrays["ce"])
+    ce = CELosses(ce_clean=ce_clean, ce_spliced=ce_spliced, ce_zero_ablate=ce_zero,
+                  n_predictions=int(arrays["n_predictions"]))
+    quality = measure_quality(params, kept, ce_loss_recovered=ce.recovered)
+    return SAEEvaluation(quality=quality, ce=ce, n_sequences=int(arrays["n_sequences"]), n_tokens=int(x.shape[0]),
+                         n_outliers=n_outliers, outlier_factor=outlier_factor)
+
+
 def evaluate_sae(model, params: SAEParams, tokens, *, layer: int, where: capture.Where = "pre", max_context: int,
                  n_ce_sequences: int | None = None, outlier_factor: float = 10.0, batch_size: int = 8,
                  progress: bool = False) -> SAEEvaluation:
@@ -130,15 +159,6 @@ def evaluate_sae(model, params: SAEParams, tokens, *, layer: int, where: capture
     out, as in training; CE clean/spliced/zero over every next-token prediction of the first
     ``n_ce_sequences`` sequences (all when None: CE needs ~3 forwards, so it is the costly part), BOS kept clean.
     """
-    tokens = _check_sequences(tokens)
-    n_ce = tokens.shape[0] if n_ce_sequences is None else n_ce_sequences
-    if not 0 < n_ce <= tokens.shape[0]:
-        raise InputError(f"n_ce_sequences={n_ce_sequences}, expected 1..{tokens.shape[0]} (the sequences given)")
-    x = np.concatenate(list(residual_batches(model, tokens, layer=layer, where=where, max_context=max_context,
-                                             batch_size=batch_size)))
-    kept, n_outliers = drop_outlier_tokens(x, factor=outlier_factor)
-    ce = ce_losses(model, tokens[:n_ce], layer=layer, where=where, max_context=max_context, batch_size=batch_size,
-                   edit=lambda r: reconstruct(params, r), progress=progress)
-    quality = measure_quality(params, kept, ce_loss_recovered=ce.recovered)
-    return SAEEvaluation(quality=quality, ce=ce, n_sequences=int(tokens.shape[0]), n_tokens=int(x.shape[0]),
-                         n_outliers=n_outliers, outlier_factor=outlier_factor)
+    arrays = gate_arrays(model, params, tokens, layer=layer, where=where, max_context=max_context,
+                         n_ce_sequences=n_ce_sequences, batch_size=batch_size, progress=progress)
+    return evaluation_from_arrays(params, arrays, outlier_factor=outlier_factor)

