@@ -139,10 +139,9 @@ def cached(checkpoint, activation_cache):
 
 
 @pytest.fixture(scope="session")
-def option_runs(pytestconfig, profile, checkpoint, model, question_sets, activation_cache):
+def option_runs(pytestconfig, profile, checkpoint, model, question_sets, cached):
     """option_runs(role, fmt) -> activations.OptionRun at the profile's layer/hook, once per session and cached on
     disk. Runs are a seeded stratified subset of the profile's budget (or --limit); formats of a set share it."""
-    from harness.activation_cache import code_version, digest_file
     from harness.activations import collect, from_arrays, to_arrays
     from harness.data.subset import stratified_subset
     from harness.prompts import check_format
@@ -150,7 +149,6 @@ def option_runs(pytestconfig, profile, checkpoint, model, question_sets, activat
     runs = {}
     limit = limit_of(pytestconfig)
     say = progress_line(pytestconfig)
-    base_key = {"weights": digest_file(checkpoint.source), "code": code_version()}
 
     def run(role: str, fmt: str):
         check_format(fmt)
@@ -161,14 +159,16 @@ def option_runs(pytestconfig, profile, checkpoint, model, question_sets, activat
             size = profile.run_size(role, fmt, limit)
             if size is not None and size < len(questions):
                 questions, _ = stratified_subset(questions, size, seed=profile.seed)
+            # the questions' content, not only their ids: an edited data file misses the cache
             content = json.dumps([(q.qid, q.question, q.choices, q.answer) for q in questions], ensure_ascii=False)
-            key = {**base_key, "set": role, "fmt": fmt, "layer": profile.layer, "hook": profile.hook,  # the questions'
-                   "questions": hashlib.sha256(content.encode()).hexdigest()}  # content: an edited file misses the cache
-            say(f"{role} {fmt}: {len(questions)} questions …", force=True)
+            key = {"set": role, "fmt": fmt, "layer": profile.layer, "hook": profile.hook,
+                   "questions": hashlib.sha256(content.encode()).hexdigest()}
+
             def progress(p):
                 say(f"{role} {fmt}: {p.done}/{p.total} done, {p.tokens_per_s:.0f} tokens/s, {p.seconds:.0f}s")
 
-            arrays = activation_cache.get_or_compute(key, lambda: to_arrays(collect(
+            say(f"{role} {fmt}: {len(questions)} questions …", force=True)
+            arrays = cached("option run", key, lambda: to_arrays(collect(
                 model, checkpoint, questions, fmt=fmt, layer=profile.layer, hook=profile.hook, progress=progress)))
             runs[(role, fmt)] = from_arrays(arrays, questions, fmt=fmt, layer=profile.layer, hook=profile.hook)
             say(f"{role} {runs[(role, fmt)].summary()}", force=True)
