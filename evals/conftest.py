@@ -106,28 +106,12 @@ def activation_cache(pytestconfig):
     progress_line(pytestconfig)(cache.summary(), force=True)
 
 
-def code_digest(*relative_paths: str) -> str:
-    """SHA-256 of harness source files (paths relative to harness/, globs allowed) a cached result depends on
-    beyond ACTIVATION_CODE; a missing file is an error, so a renamed module cannot leave a stale key."""
-    from harness.activation_cache import HARNESS_DIR
-
-    h = hashlib.sha256()
-    for rel in relative_paths:
-        files = sorted(HARNESS_DIR.glob(rel))
-        if not files:
-            raise FileNotFoundError(f"code_digest: no harness file matches {rel!r}")
-        for f in files:
-            h.update(str(f.relative_to(HARNESS_DIR)).encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 @pytest.fixture(scope="session")
 def cached(checkpoint, activation_cache):
     """cached(name, key_parts, compute, code=()) -> arrays: a deterministic model computation through the on-disk
     cache, keyed by name, the weights digest, code_version(), the digest of the extra harness files `code` and
     key_parts (which must hold everything else the arrays depend on: SAE digest, inputs, layer, hook, seeds)."""
-    from harness.activation_cache import code_version, digest_file
+    from harness.activation_cache import code_digest, code_version, digest_file
 
     base = {"weights": digest_file(checkpoint.source), "code": code_version()}
 

@@ -46,13 +46,25 @@ def digest_file(path: str | pathlib.Path, *, chunk: int = 1 << 22) -> str:
 ACTIVATION_CODE = ("model/**/*.py", "activations.py", "prompts.py", "data/records.py", "errors.py", "validation.py")
 
 
-def code_version() -> str:
-    """SHA-256 of the source the cached arrays depend on (ACTIVATION_CODE): a change there invalidates every entry."""
+def code_digest(*patterns: str) -> str:
+    """SHA-256 of the harness source files matching `patterns` (relative to harness/, globs allowed); a pattern that
+    matches no file is an error, so a renamed module cannot leave a stale key."""
+    files = set()
+    for pattern in patterns:
+        matched = set(HARNESS_DIR.glob(pattern))
+        if not matched:
+            raise FileNotFoundError(f"code_digest: no harness file matches {pattern!r}")
+        files |= matched
     h = hashlib.sha256()
-    for f in sorted({f for pattern in ACTIVATION_CODE for f in HARNESS_DIR.glob(pattern)}):
+    for f in sorted(files):
         h.update(str(f.relative_to(HARNESS_DIR)).encode())
         h.update(f.read_bytes())
     return h.hexdigest()
+
+
+def code_version() -> str:
+    """SHA-256 of the source the cached arrays depend on (ACTIVATION_CODE): a change there invalidates every entry."""
+    return code_digest(*ACTIVATION_CODE)
 
 
 def canonical_key(value):

@@ -456,10 +456,6 @@ def per_subject(credit, subjects: Sequence[str]) -> dict[str, stats.Accuracy]:
 # ---------------------------------------------------------------- the claims' measured quantities
 
 
-def _acc_details(acc: stats.Accuracy) -> dict:
-    return {"value": acc.value, "n": acc.n, "ci": [acc.lo, acc.hi]}
-
-
 def _selection_details(an: Analysis) -> dict:
     return {"format": an.fmt, "reading": an.reading, "feature": an.best, "n_discovery": an.discovery.n,
             "discovery_max": an.discovery_max, "heldout_accuracy": float(an.heldout.share[an.best]),
@@ -568,7 +564,7 @@ def score_raised(resid_letter, resid_text, answers, params: SAEParams, feature: 
                        statistic=f"paired difference of tie-aware credit; 95% percentile bootstrap over {test.n} "
                                  f"questions ({n_resamples} resamples); p: {test.method}",
                        details={"feature": int(feature), "reading": reading, "formats": list(fmts),
-                                fmts[0]: _acc_details(acc_l), fmts[1]: _acc_details(acc_t),
+                                fmts[0]: acc_l.as_dict(), fmts[1]: acc_t.as_dict(),
                                 "paired_test": dataclasses.asdict(test),
                                 "mean_reading": {fmts[0]: float(r_l.mean()), fmts[1]: float(r_t.mean())},
                                 "power": stats.power_analysis(diff.value, (diff.lo, diff.hi), test.n)})

@@ -75,6 +75,10 @@ class Accuracy:
         lo, hi = wilson(min(k, n), n, confidence)
         return cls(value=k / n if n else float("nan"), k=k, n=n, lo=lo, hi=hi)
 
+    def as_dict(self, digits: int = 4) -> dict:
+        """{value, n, ci} rounded for reports and Measurement.details (the one way an accuracy is written down)."""
+        return {"value": round(self.value, digits), "n": self.n, "ci": [round(self.lo, digits), round(self.hi, digits)]}
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Interval:

@@ -48,10 +48,6 @@ def _accuracy(acc: stats.Accuracy, statistic: str = WILSON, **details) -> Measur
     return Measurement(value=acc.value, n=acc.n, ci=(acc.lo, acc.hi), statistic=statistic, details=details)
 
 
-def _acc_details(acc: stats.Accuracy) -> dict:
-    return {"value": round(acc.value, 4), "n": acc.n, "ci": [round(acc.lo, 4), round(acc.hi, 4)]}
-
-
 # ---- C2: the model's own accuracy ---------------------------------------------------------------------------
 
 def identical(run) -> np.ndarray:
@@ -81,7 +77,7 @@ def model_accuracy(runs, *, set: str, format: str, reading: str) -> Measurement:
     if reading not in readings:
         raise InputError(f"model_accuracy: reading {reading!r} not available for format {format!r}; "
                          f"expected one of {sorted(readings)}")
-    return _accuracy(readings[reading], readings={k: _acc_details(a) for k, a in readings.items()},
+    return _accuracy(readings[reading], readings={k: a.as_dict() for k, a in readings.items()},
                      format=format, skipped=len(run.skipped), boundary_mismatches=run.boundary_mismatches)
 
 
@@ -124,7 +120,7 @@ def _spread(credits: Mapping[str, np.ndarray], *, what: str) -> Measurement:
         return max(means) - min(means)
 
     ci = stats.bootstrap_ci(spread, *arrays, seed=SEED)
-    accs = {k: _acc_details(stats.Accuracy.from_credit(a)) for k, a in zip(names, arrays)}
+    accs = {k: stats.Accuracy.from_credit(a).as_dict() for k, a in zip(names, arrays)}
     return Measurement(value=ci.value, n=arrays[0].size, ci=(ci.lo, ci.hi), statistic=BOOTSTRAP_QUESTIONS,
                        details={f"accuracy_by_{what}": accs})
 

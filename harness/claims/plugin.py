@@ -59,20 +59,15 @@ def pytest_addoption(parser):
     parser.addini("claims_registry", "the claims registry (TOML), relative to the rootdir", default="evals/claims.toml")
 
 
-def _check_given_inputs(config, profile: Profile) -> None:
+def _check_given_inputs(config) -> None:
     """Inputs the user named must exist: a usage error (exit 4, one line, no test run) otherwise."""
     from harness.data import specs
+    from harness.model.sources import locate_checkpoint
 
     try:
         model = config.getoption("--model")
-        if model is not None:
-            path = pathlib.Path(model)
-            if not path.exists():
-                if model.startswith((".", "/", "~")) or model.count("/") != 1:  # a path, not an "org/name" id
-                    raise InputError(f"--model {model}: no such file or folder")
-                from harness.model.hf_reader import resolve_hf_cache
-
-                resolve_hf_cache(model)  # InputError when the id is not in the local HF cache
+        if model is not None and not locate_checkpoint(model).exists():  # an id is looked up in the HF cache
+            raise InputError(f"--model {model}: no such file or folder")
         sae = config.getoption("--sae")
         if sae is not None and not pathlib.Path(sae).exists():
             raise InputError(f"--sae {sae}: no such file or folder")
@@ -109,7 +104,7 @@ def pytest_configure(config):
                               sae=config.getoption("--sae"))
     except InputError as e:
         raise pytest.UsageError(str(e)) from None
-    _check_given_inputs(config, profile)
+    _check_given_inputs(config)
     registry = pathlib.Path(config.rootpath) / config.getini("claims_registry")
     config.stash[RUN] = Run(profile=profile, registry_path=registry)
     if config.getoption("--compile-cache") != "off":  # a second process compiles nothing the first one compiled

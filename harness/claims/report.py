@@ -24,14 +24,10 @@ def _ci(ci) -> str:
     return f"[{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""
 
 
-def rows(results: Iterable[Result]) -> list[tuple[str, ...]]:
-    out = []
-    for r in results:
-        m = r.measurement
-        measured = f"{m.value:.4g}" + (f" p={m.p_value:.2g}" if m.p_value is not None else "")
-        out.append((r.claim.id, r.claim.expectation, measured, "" if m.n is None else str(m.n), _ci(m.ci),
-                    m.statistic or r.claim.statistic, r.verdict))
-    return out
+def rows(entries: Iterable[dict]) -> list[tuple[str, ...]]:
+    """One table row per claims.json entry (see `entry`): claim, expected, measured, n, CI, statistic, verdict."""
+    return [(e["claim"], e["expected"], f"{e['value']:.4g}" + (f" p={e['p_value']:.2g}" if e.get("p_value") is not None else ""),
+             "" if e["n"] is None else str(e["n"]), _ci(e["ci"]), e["statistic"], e["verdict"]) for e in entries]
 
 
 def _table(header, body, *, markdown: bool) -> str:
@@ -46,7 +42,7 @@ def _table(header, body, *, markdown: bool) -> str:
 
 def text_table(results: Iterable[Result]) -> str:
     """A fixed-width table for the terminal: one row per claim with its statistic, n, CI and outcome."""
-    return _table(COLUMNS, rows(results), markdown=False)
+    return _table(COLUMNS, rows(entry(r) for r in results), markdown=False)
 
 
 def power_rows(entries: Iterable[dict]) -> list[tuple[str, ...]]:
@@ -138,20 +134,16 @@ def write_report(run, directory: pathlib.Path, *, title: str) -> pathlib.Path:
         if claim_id not in run.results and status != "checked":
             not_measured[claim_id] = {"status": status, "reason": reason, "run": stamp}
             results.pop(claim_id, None)
-    for claim_id in run.results:
-        not_measured.pop(claim_id, None)
     data = {"schema_version": SCHEMA_VERSION, "profile": run.profile.name, "provenance": provenance,
             "runs": [*old.get("runs", []), {"finished": stamp, "claims": sorted(run.results)}][-20:],
             "results": list(results.values()), "not_measured": not_measured}
     json_path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
 
-    table = [(e["claim"], e["expected"], f"{e['value']:.4g}" + (f" p={e['p_value']:.2g}" if e.get("p_value") is not None else ""),
-              "" if e["n"] is None else str(e["n"]), _ci(e["ci"]), e["statistic"], e["verdict"]) for e in results.values()]
     counts = {o: sum(e["outcome"] == o for e in results.values()) for o in ("holds", "does not hold", "inconclusive")}
     body = [f"# {title}", "",
             f"{len(results)} claims measured: {counts['holds']} hold, {counts['does not hold']} do not hold, "
             f"{counts['inconclusive']} inconclusive; {len(not_measured)} not measured.", "",
-            _table(COLUMNS, table, markdown=True), ""]
+            _table(COLUMNS, rows(results.values()), markdown=True), ""]
     if not_measured:
         body += ["## Not measured", "", *[f"- **{k}**: {v['status']} — {v['reason']}" for k, v in not_measured.items()], ""]
     power = power_rows(results.values())

@@ -43,27 +43,36 @@ def default_gguf_path() -> pathlib.Path:
     )
 
 
+def locate_checkpoint(spec: str | os.PathLike | None) -> pathlib.Path:
+    """The .gguf file or Hugging Face folder `spec` names, found without reading it (HF ids in the local cache only).
+
+    One place decides what `--model` may be: `read_checkpoint` reads what this returns, the claims plugin checks it.
+    """
+    if spec is None or (isinstance(spec, str) and spec == "default"):
+        return default_gguf_path()
+    if not isinstance(spec, (str, os.PathLike)) or str(spec).strip() == "":
+        raise InputError(f"model spec: expected None, 'default', a path or an 'org/name' id, got {spec!r}")
+    path = pathlib.Path(spec)
+    if path.suffix.lower() == ".gguf" or path.is_dir():
+        return path
+    if isinstance(spec, str) and _HF_MODEL_ID.match(spec):
+        from harness.model.hf_reader import resolve_hf_cache
+
+        return resolve_hf_cache(spec)
+    raise InputError(
+        f"model spec {str(spec)!r}: no such file or folder; expected 'default', a .gguf file, an existing Hugging Face "
+        "model directory, or an 'org/name' model id in the local Hugging Face cache"
+    )
+
+
 def read_checkpoint(spec: str | os.PathLike | None, *, dtype=np.float32) -> Checkpoint:
     """The checkpoint `spec` names: None/"default", a .gguf file, an HF directory, or an "org/name" HF id.
 
     HF ids are resolved in the local Hugging Face cache only (nothing is downloaded at run time).
     """
-    if spec is None or (isinstance(spec, str) and spec == "default"):
-        return read_gguf(default_gguf_path(), dtype=dtype)
-    if not isinstance(spec, (str, os.PathLike)) or str(spec).strip() == "":
-        raise InputError(f"model spec: expected None, 'default', a path or an 'org/name' id, got {spec!r}")
-    path = pathlib.Path(spec)
+    path = locate_checkpoint(spec)
     if path.suffix.lower() == ".gguf":
         return read_gguf(path, dtype=dtype)
-    if path.is_dir():
-        from harness.model.hf_reader import read_hf_dir
+    from harness.model.hf_reader import read_hf_dir
 
-        return read_hf_dir(path, dtype=dtype)
-    if isinstance(spec, str) and _HF_MODEL_ID.match(spec):
-        from harness.model.hf_reader import read_hf_dir, resolve_hf_cache
-
-        return read_hf_dir(resolve_hf_cache(spec), dtype=dtype)
-    raise InputError(
-        f"model spec {str(spec)!r}: expected 'default', a .gguf file, an existing Hugging Face model directory, "
-        "or an 'org/name' model id in the local Hugging Face cache"
-    )
+    return read_hf_dir(path, dtype=dtype)
