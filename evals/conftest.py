@@ -31,8 +31,8 @@ def users_input(config, option: str):
 @pytest.fixture(scope="session")
 def checkpoint(pytestconfig, profile, provenance):
     """The profile's checkpoint. A profile default the user did not give and that is not cached skips (one line)."""
-    from harness.activation_cache import digest_file
     from harness.model.sources import read_checkpoint
+    from harness.runs.cache import digest_file
 
     try:
         with users_input(pytestconfig, "--model"):
@@ -57,7 +57,7 @@ def model(checkpoint):
 @pytest.fixture(scope="session")
 def sae(pytestconfig, profile, checkpoint, provenance):
     """(SAEParams, SAEMeta) of the profile's SAE, checked against the model's width, layer and hook."""
-    from harness.activation_cache import digest_file
+    from harness.runs.cache import digest_file
     from harness.sae.formats import load_any
     from harness.sae.sae import check_compatible
 
@@ -97,7 +97,7 @@ def question_sets(pytestconfig, profile, provenance):
 @pytest.fixture(scope="session")
 def activation_cache(pytestconfig):
     """The on-disk activation cache (--cache-dir; --clear-cache empties it first), keyed by weights and code."""
-    from harness.activation_cache import ActivationCache
+    from harness.runs.cache import ActivationCache
 
     cache = ActivationCache(directory=pathlib.Path(pytestconfig.getoption("--cache-dir")))
     if pytestconfig.getoption("--clear-cache"):
@@ -111,7 +111,7 @@ def cached(checkpoint, activation_cache):
     """cached(name, key_parts, compute, code=()) -> arrays: a deterministic model computation through the on-disk
     cache, keyed by name, the weights digest, code_version(), the digest of the extra harness files `code` and
     key_parts (which must hold everything else the arrays depend on: SAE digest, inputs, layer, hook, seeds)."""
-    from harness.activation_cache import code_digest, code_version, digest_file
+    from harness.runs.cache import code_digest, code_version, digest_file
 
     base = {"weights": digest_file(checkpoint.source), "code": code_version()}
 
@@ -126,9 +126,9 @@ def cached(checkpoint, activation_cache):
 def option_runs(pytestconfig, profile, checkpoint, model, question_sets, cached):
     """option_runs(role, fmt) -> activations.OptionRun at the profile's layer/hook, once per session and cached on
     disk. Runs are a seeded stratified subset of the profile's budget (or --limit); formats of a set share it."""
-    from harness.activations import collect, from_arrays, to_arrays
     from harness.data.subset import stratified_subset
-    from harness.prompts import check_format
+    from harness.prompts.formats import check_format
+    from harness.runs.options import collect, from_arrays, to_arrays
 
     runs = {}
     limit = limit_of(pytestconfig)

@@ -1,6 +1,6 @@
 """Feature claims C1, C3, C4 on the profile's model + SAE, and the report's feature plots.
 
-The measuring happens in harness.features (candidates chosen on a discovery half, scored on the held-out half);
+The measuring happens in harness.studies.features (candidates chosen on a discovery half, scored on the held-out half);
 the registry names each claim's measure, question-set role, format and reading.
 """
 
@@ -11,9 +11,11 @@ import pathlib
 import numpy as np
 import pytest
 
-from harness import features, plots, scores
 from harness.claims.measures import identical, measure
-from harness.readings import feature_readings
+from harness.reporting import plots
+from harness.sae.readings import feature_readings
+from harness.scoring import scores
+from harness.studies import features
 
 SEED = 0
 
@@ -93,8 +95,8 @@ def test_original_quirks_ablation_table(pytestconfig, profile, checkpoint, model
                                         sae, report_sections):
     """--quirks original: the feature read the original's way with each quirk on and off, so the distance between
     the original's 0.561 and the sound figure is explained step by step (a report section, not a claim)."""
-    from harness import quirks
     from harness.data.mmlu import HENDRYCKS_SOURCE
+    from harness.studies import quirks
 
     if pytestconfig.getoption("--quirks") != "original":
         pytest.skip("quirk ablation not asked for (pass --quirks original)")

@@ -1,6 +1,6 @@
 """C2b: the model's MC accuracy is not an artifact of the question format (rotations, prompt variants, formats).
 
-Measured in harness.format_robustness on a seeded subject-stratified N_QUESTIONS of the MMLU run scored in all
+Measured in harness.studies.format_robustness on a seeded subject-stratified N_QUESTIONS of the MMLU run scored in all
 three formats: the original letter prompt under the 4 cyclic rotations (rotation 0 read from the session's letter
 run, rotations 1-3 run here), two more letter variants at rotation 0, and the session's text and cloze log-probs.
 """
@@ -15,10 +15,10 @@ import pathlib
 import numpy as np
 import pytest
 
-from harness import features, scores
-from harness import format_robustness
 from harness.claims.measures import FormatCredits, measure
 from harness.data.subset import stratified_subset
+from harness.scoring import scores
+from harness.studies import features, format_robustness
 
 N_QUESTIONS = 100
 
@@ -35,7 +35,7 @@ def cached_scorer(model, checkpoint, variant, cached, *, batch_size: int = 16) -
         arrays = cached("letter-variant scores", key, lambda: {
             "scores": np.asarray(live(questions, shift), np.float64),
             "mismatches": np.int64(live.mismatches[-1]), "sequence_scored": np.int64(live.sequence_scored[-1])},
-            code=("format_robustness.py",))
+            code=("studies/format_robustness.py",))
         score.mismatches.append(int(arrays["mismatches"]))
         score.sequence_scored.append(int(arrays["sequence_scored"]))
         return arrays["scores"]
@@ -86,7 +86,7 @@ def test_accuracy_does_not_depend_on_the_question_format(claim, check_claim, for
 
 
 def test_format_robustness_section_is_written(profile, format_credits, pytestconfig, report_sections):
-    from harness.stats import Accuracy
+    from harness.scoring.stats import Accuracy
 
     accs = {k: Accuracy.from_credit(c) for k, c in format_credits.variants.items()}
     section = format_robustness.markdown_section(format_credits.study, accs)

@@ -14,10 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from harness import compile_report
-from harness import compile_timing as ct
 from harness.claims.measures import measure
 from harness.model.forms import Form
+from harness.reporting import compile_report
+from harness.studies import compile_timing
 
 SHAPE = "smollm2-135m"
 BATCH, SEQ = 4, 128
@@ -26,7 +26,7 @@ BATCH, SEQ = 4, 128
 @pytest.fixture(scope="module")
 def compiled():
     """Compile timings and forwards of the SmolLM2 shape at batch 4x128, each measured once per session."""
-    return ct.Measurements(shape=SHAPE, batch=BATCH, seq=SEQ)
+    return compile_timing.Measurements(shape=SHAPE, batch=BATCH, seq=SEQ)
 
 
 @pytest.mark.measure("scan_equals_unrolled", "while_loops", "compile_growth", "compile_speedup", "forward_overhead")
@@ -55,8 +55,8 @@ class _Grid:
     """What the benchmark cases measured (the least-CPU round of each), for the ratios and the plot."""
 
     def __init__(self):
-        self.lower: dict[tuple, list[ct.Seconds]] = {}
-        self.compile: dict[tuple, list[ct.Seconds]] = {}
+        self.lower: dict[tuple, list[compile_timing.Seconds]] = {}
+        self.compile: dict[tuple, list[compile_timing.Seconds]] = {}
         self.while_loops: dict[tuple, int] = {}
         self.compiled: dict[tuple, object] = {}
         self._abstract: dict[tuple, object] = {}
@@ -64,13 +64,13 @@ class _Grid:
     def abstract_model(self, shape: str, n: int, form: Form):
         key = (shape, n, form)
         if key not in self._abstract:
-            config = ct.shape_named(shape, n_layers=n)
-            self._abstract[key] = ct.model_in_form(config, ct.abstract_params(config), form)
+            config = compile_timing.shape_named(shape, n_layers=n)
+            self._abstract[key] = compile_timing.model_in_form(config, compile_timing.abstract_params(config), form)
         return self._abstract[key]
 
-    def timings(self) -> list[ct.CompileTiming]:
+    def timings(self) -> list[compile_timing.CompileTiming]:
         return [
-            ct.CompileTiming(
+            compile_timing.CompileTiming(
                 shape=key[0], n_layers=key[1], form=key[2], batch=BATCH, seq=SEQ,
                 lower=min(self.lower[key], key=lambda s: s.cpu), compile=min(self.compile[key], key=lambda s: s.cpu),
                 while_loops=self.while_loops[key], repeats=len(self.compile[key]),
@@ -107,12 +107,12 @@ def test_lower_time(benchmark, grid, case):
     took = grid.lower.setdefault(case, [])
 
     def lower():
-        lowered, seconds = ct.lower_fresh(model, ct.token_spec(batch=BATCH, seq=SEQ))
+        lowered, seconds = compile_timing.lower_fresh(model, compile_timing.token_spec(batch=BATCH, seq=SEQ))
         took.append(seconds)
         return lowered
 
     lowered = benchmark.pedantic(lower, rounds=_rounds(n), iterations=1)
-    grid.while_loops[case] = ct.count_while_loops(lowered.as_text())
+    grid.while_loops[case] = compile_timing.count_while_loops(lowered.as_text())
     assert grid.while_loops[case] == (1 if form is Form.SCAN else 0)
 
 
@@ -126,14 +126,14 @@ def test_compile_time(benchmark, grid, case):
     grid.lower.setdefault(case, [])
 
     def fresh_lowering():
-        lowered, seconds = ct.lower_fresh(model, ct.token_spec(batch=BATCH, seq=SEQ))
+        lowered, seconds = compile_timing.lower_fresh(model, compile_timing.token_spec(batch=BATCH, seq=SEQ))
         if case not in grid.while_loops:
-            grid.while_loops[case] = ct.count_while_loops(lowered.as_text())
+            grid.while_loops[case] = compile_timing.count_while_loops(lowered.as_text())
             grid.lower[case].append(seconds)
         return (lowered,), {}
 
     def compile_(lowered):
-        compiled, seconds = ct.compile_lowered(lowered)
+        compiled, seconds = compile_timing.compile_lowered(lowered)
         took.append(seconds)
         return compiled
 
@@ -147,12 +147,12 @@ def test_compile_time(benchmark, grid, case):
 def test_steady_forward_time(benchmark, grid, case):
     shape, n, form = case
     benchmark.group = f"{shape}: steady forward"
-    config = ct.shape_named(shape, n_layers=n)
-    model = ct.model_in_form(config, ct.random_params(config, seed=0), form)
-    tokens = ct.random_tokens(config, batch=BATCH, seq=SEQ)
+    config = compile_timing.shape_named(shape, n_layers=n)
+    model = compile_timing.model_in_form(config, compile_timing.random_params(config, seed=0), form)
+    tokens = compile_timing.random_tokens(config, batch=BATCH, seq=SEQ)
     compiled = grid.compiled.pop(case, None)
     if compiled is None:  # this case ran without its compile case
-        _, compiled = ct.time_compile(model, tokens, shape=shape, form=form, n_layers=n)
+        _, compiled = compile_timing.time_compile(model, tokens, shape=shape, form=form, n_layers=n)
     def run():  # dispatch is asynchronous: time until the logits exist
         return jax.block_until_ready(compiled(model, tokens))
 

@@ -1,6 +1,6 @@
 """C6: the candidate feature's top activations come from plain text, not from MC answer positions; its dashboard.
 
-Measured in harness.feature_contexts: the SAE's own activation (encoder reading) of the feature at every token of
+Measured in harness.studies.feature_contexts: the SAE's own activation (encoder reading) of the feature at every token of
 N_PLAIN_TOKENS of held-out plain text (pydoc_data.topics + stdlib docstrings) and of the MC prompts of N_QUESTIONS
 questions, pooled. The feature is the registry's (Phi-3: 45142) or, on the default, the one chosen on the discovery
 half of the cloze run; dashboards for it, and the best control beside it, go to reports/<profile>/features/.
@@ -14,10 +14,10 @@ import pathlib
 import numpy as np
 import pytest
 
-from harness import dashboards, features
-from harness import feature_contexts
 from harness.claims.measures import measure
 from harness.data.subset import stratified_subset
+from harness.reporting import dashboards
+from harness.studies import feature_contexts, features
 
 N_PLAIN_TOKENS = 24_000
 N_QUESTIONS = 50
@@ -65,7 +65,7 @@ class Contexts:
 @pytest.fixture(scope="module")
 def studies(profile, checkpoint, model, sae, question_sets, candidates, cached) -> dict:
     """{feature: FeatureStudy} from one pass over the plain text and the MC prompts (activations cached on disk)."""
-    from harness.activation_cache import digest_file
+    from harness.runs.cache import digest_file
 
     questions, _ = stratified_subset(question_sets[candidates.role][0],
                                      min(N_QUESTIONS, len(question_sets[candidates.role][0])), seed=SEED)
@@ -90,7 +90,7 @@ def studies(profile, checkpoint, model, sae, question_sets, candidates, cached) 
             return {f"feature {f}": np.concatenate(acts[f]) for f in feats}
 
         arrays = cached("feature activations", key, compute,
-                        code=("feature_contexts.py", "sae/sae.py", "sae/formats.py"))
+                        code=("studies/feature_contexts.py", "sae/sae.py", "sae/formats.py"))
         return {f: tuple(np.split(arrays[f"feature {f}"], np.cumsum(lengths)[:-1])) for f in feats}
 
     return feature_contexts.studies_from_activations(tok, feats, plain, note, mc, activations(list(plain)),

@@ -14,7 +14,7 @@ from harness.claims.measures import measure
 def gate_evaluation(profile, checkpoint, model, sae, cached):
     """The SAE measured on its card's gate sample of held-out text (BOS and norm outliers out, CE spliced); the
     model part (residuals and CE) comes from the activation cache, keyed by the sample's tokens and the SAE file."""
-    from harness.activation_cache import digest_file
+    from harness.runs.cache import digest_file
     from harness.sae.corpus import CorpusConfig, build_corpus, chunk_documents, split_documents
     from harness.sae.formats import read_card
     from harness.sae.splice import evaluation_from_arrays, gate_arrays

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from harness.activation_cache import ActivationCache, code_version, digest_file
+from harness.runs.cache import ActivationCache, code_version, digest_file
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_keys_differing_inside_a_large_array_are_different_entries(cache):
 
 
 def test_a_read_only_folder_serves_hits_and_skips_writes_once_said(tmp_path, monkeypatch):
-    import harness.activation_cache as module
+    import harness.runs.cache as module
 
     writable = ActivationCache(directory=tmp_path / "cache")
     writable.get_or_compute({"layer": 1}, _arrays)

@@ -8,16 +8,17 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from checkpoints import tiny_checkpoint
 from hypothesis import given
 from hypothesis import strategies as st
 
-from checkpoints import tiny_checkpoint
-from harness import compile_cache
-from harness.activations import MAX_SHAPES, Progress, collect, grid_length, plan_batches, plan_stats
 from harness.data.records import MCQuestion
 from harness.errors import InputError
 from harness.model import capture, forms
-from harness.prompts import context_text, continuations
+from harness.prompts.formats import context_text, continuations
+from harness.runs import compile_cache
+from harness.runs.batching import MAX_SHAPES, Progress, grid_length, plan_batches, plan_stats
+from harness.runs.options import collect
 
 N_LAYERS = 3
 LAYER = 1

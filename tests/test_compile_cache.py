@@ -1,4 +1,4 @@
-"""harness.compile_cache: a second process loads from the folder what the first compiled (JAX's own cache-hit
+"""harness.runs.compile_cache: a second process loads from the folder what the first compiled (JAX's own cache-hit
 events, no new cache files), and `disabled()` really bypasses the cache even after the cache was in use."""
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ import textwrap
 import jax
 import pytest
 
-from harness import compile_cache
 from harness.errors import InputError
+from harness.runs import compile_cache
 
 # Run in a fresh interpreter: compiles a small jitted function with the cache on, then under disabled(), then on again.
 CHILD = textwrap.dedent("""
     import json, pathlib, sys
     import jax, jax.numpy as jnp
     from jax import monitoring
-    from harness import compile_cache
+    from harness.runs import compile_cache
 
     events = []
     monitoring.register_event_listener(lambda name, **_: events.append(name))

@@ -14,32 +14,32 @@ import urllib.parse
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from checkpoints import tiny_gguf
-from harness import dashboards
-from harness import feature_contexts as FC
+
 from harness.model.gguf_reader import read_gguf
+from harness.reporting import dashboards
 from harness.sae import sae as sae_lib
+from harness.studies import feature_contexts
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _study(seed: int = 0) -> FC.FeatureStudy:
+def _study(seed: int = 0) -> feature_contexts.FeatureStudy:
     """A small synthetic study: plain text where the feature ramps up on one sequence, MC prompts at zero."""
     rng = np.random.default_rng(seed)
     plain = rng.integers(0, 50, (5, 12))
     acts = [np.zeros(12, np.float32) for _ in range(5)]
     acts[2][4:8] = [0.5, 1.0, 3.0, 0.2]
     acts[4][9] = 1.5
-    ps = FC.plain_token_set(plain, acts, note="synthetic plain text")
-    mc = FC.MCSequences(ids=tuple(rng.integers(0, 50, 8) for _ in range(4)), counted=tuple(np.ones(8, bool) for _ in range(4)),
+    ps = feature_contexts.plain_token_set(plain, acts, note="synthetic plain text")
+    mc = feature_contexts.MCSequences(ids=tuple(rng.integers(0, 50, 8) for _ in range(4)), counted=tuple(np.ones(8, bool) for _ in range(4)),
                         answer=tuple(np.eye(8, dtype=bool)[7] for _ in range(4)), labels=tuple(f"q0 option {l}" for l in "ABCD"),
                         skipped=(), fmt="letter")
-    ms = FC.mc_token_set(mc, [np.full(8, 0.1 * (k + 1), np.float32) for k in range(4)])
+    ms = feature_contexts.mc_token_set(mc, [np.full(8, 0.1 * (k + 1), np.float32) for k in range(4)])
     sets = (ps, ms)
-    top = FC.pooled_top(sets, 4)
-    return FC.FeatureStudy(feature=7, reading="encoder", sets=sets, firing=FC.firing(sets, feature=7, reading="encoder", top_n=4),
-                           contexts=tuple(FC.contexts(sets, top, lambda t: f"w{t} & <x>\n")))
+    top = feature_contexts.pooled_top(sets, 4)
+    return feature_contexts.FeatureStudy(feature=7, reading="encoder", sets=sets, firing=feature_contexts.firing(sets, feature=7, reading="encoder", top_n=4),
+                           contexts=tuple(feature_contexts.contexts(sets, top, lambda t: f"w{t} & <x>\n")))
 
 
 def test_the_html_page_is_self_contained_and_shows_the_contexts_in_order(tmp_path):
@@ -162,8 +162,9 @@ def test_contexts_decoded_in_context_keep_sentencepiece_spaces(tmp_path):
     import functools
 
     import standins
+
     from harness.model.hf_reader import read_hf_tokenizer
-    from harness.prompts import token_texts
+    from harness.prompts.formats import token_texts
 
     tok = read_hf_tokenizer(standins.phi3_tokenizer_files(tmp_path / "tok"))
     text = "The heart pumps blood. The first time the students met the question, they read it twice."
@@ -171,10 +172,10 @@ def test_contexts_decoded_in_context_keep_sentencepiece_spaces(tmp_path):
     peak = len(tok.encode("The heart pumps blood. The first time", add_bos=False)) - 1
     acts = np.zeros(len(ids), np.float32)
     acts[peak] = 2.0
-    sets = (FC.plain_token_set([ids], [acts], note="one sentence"),)
-    top = FC.pooled_top(sets, 1)
-    per_token = FC.contexts(sets, top, lambda t: tok.decode([t]), before=3, after=2)[0]
-    in_context = FC.contexts(sets, top, lambda t: tok.decode([t]), before=3, after=2,
+    sets = (feature_contexts.plain_token_set([ids], [acts], note="one sentence"),)
+    top = feature_contexts.pooled_top(sets, 1)
+    per_token = feature_contexts.contexts(sets, top, lambda t: tok.decode([t]), before=3, after=2)[0]
+    in_context = feature_contexts.contexts(sets, top, lambda t: tok.decode([t]), before=3, after=2,
                              texts=functools.partial(token_texts, tok))[0]
     assert "".join(per_token.tokens) == ".Thefirsttimethestudents"  # the bug: SentencePiece spaces lost
     assert "".join(in_context.tokens) == ". The first time the students"
@@ -186,8 +187,8 @@ def test_contexts_decoded_in_context_keep_sentencepiece_spaces(tmp_path):
 
 
 def test_subject_plot_accepts_wilson_bounds_off_by_float_error(tmp_path):
-    from harness import plots
-    from harness.stats import Accuracy
+    from harness.reporting import plots
+    from harness.scoring.stats import Accuracy
 
     off = Accuracy(value=0.0, k=0.0, n=7, lo=2.8e-17, hi=0.35)     # wilson(0, 7) as it was: lo above the value
     top = Accuracy(value=1.0, k=9.0, n=9, lo=0.7, hi=1.0 - 1e-16)  # wilson(n, n): hi just below 1
@@ -212,7 +213,7 @@ def test_importing_and_drawing_leaves_the_global_matplotlib_backend_alone(tmp_pa
     # A fresh interpreter: pyplot or a backend chosen by another test in this process would hide the switch.
     code = (
         "import sys, matplotlib, numpy as np\n"
-        "from harness import plots, dashboards, compile_report\n"
+        "from harness.reporting import plots, dashboards, compile_report\n"
         f"plots.tie_rule_difference(np.array([.3, .5]), np.array([.3, .6]), __import__('pathlib').Path({str(tmp_path)!r}) / 't.png', title='t')\n"
         "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)\n"
     )

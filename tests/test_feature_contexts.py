@@ -8,13 +8,13 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from checkpoints import tiny_gguf
-from harness import dashboards
-from harness import feature_contexts as FC
+
 from harness.model import capture, forms
 from harness.model.gguf_reader import read_gguf
+from harness.reporting import dashboards
 from harness.sae import sae as sae_lib
+from harness.studies import feature_contexts
 
 D, D_SAE, PLANTED = 16, 12, 11
 PATTERN = (3, 7)  # the planted feature fires on token 7 right after token 3
@@ -52,8 +52,8 @@ def _sets(params, rng, *, plant_in_answers: bool):
     plain = rng.integers(10, 50, (40, 32))
     plain[:6, 10:12] = PATTERN  # six plain-text sequences carry the pattern
     x, hit = synthetic_residuals(plain, rng)
-    acts = FC.feature_values(params, x, [PLANTED])[..., 0]
-    plain_set = FC.plain_token_set(plain, list(acts), note="synthetic")
+    acts = feature_contexts.feature_values(params, x, [PLANTED])[..., 0]
+    plain_set = feature_contexts.plain_token_set(plain, list(acts), note="synthetic")
     mc_ids, mc_acts, counted, answer = [], [], [], []
     for q in range(10):
         ctx = rng.integers(10, 50, 20)
@@ -61,15 +61,15 @@ def _sets(params, rng, *, plant_in_answers: bool):
             seq = np.concatenate([ctx, [PATTERN[0], PATTERN[1]] if (plant_in_answers and k == 0) else rng.integers(10, 50, 2)])
             xs, _ = synthetic_residuals(seq, rng)
             mc_ids.append(seq)
-            mc_acts.append(FC.feature_values(params, xs, [PLANTED])[:, 0])
+            mc_acts.append(feature_contexts.feature_values(params, xs, [PLANTED])[:, 0])
             c = np.zeros(seq.size, bool)
             c[1 if k == 0 else 20:] = True
             a = np.zeros(seq.size, bool)
             a[-1] = True
             counted.append(c), answer.append(a)
-    mc = FC.MCSequences(ids=tuple(mc_ids), counted=tuple(counted), answer=tuple(answer),
+    mc = feature_contexts.MCSequences(ids=tuple(mc_ids), counted=tuple(counted), answer=tuple(answer),
                         labels=tuple(f"q{i // 4} option {'ABCD'[i % 4]}" for i in range(40)), skipped=(), fmt="letter")
-    return plain_set, FC.mc_token_set(mc, mc_acts), int(hit.any(axis=1).sum())
+    return plain_set, feature_contexts.mc_token_set(mc, mc_acts), int(hit.any(axis=1).sum())
 
 
 @pytest.mark.parametrize("architecture", ["relu", "gated", "jumprelu", "topk"])
@@ -78,39 +78,39 @@ def test_feature_values_equal_the_saes_own_encode(architecture):
     x = np.random.default_rng(1).normal(0, 1, (5, 7, D)).astype(np.float32)
     full = np.asarray(sae_lib.encode(params, x))
     feats = [0, 4, PLANTED]
-    np.testing.assert_allclose(FC.feature_values(params, x, feats), full[..., feats], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(feature_contexts.feature_values(params, x, feats), full[..., feats], rtol=1e-5, atol=1e-6)
     dec = x @ np.asarray(params.W_dec)[feats].T
-    np.testing.assert_allclose(FC.feature_values(params, x, feats, reading="decoder"), dec, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(feature_contexts.feature_values(params, x, feats, reading="decoder"), dec, rtol=1e-4, atol=1e-5)
 
 
 def test_topk_ties_at_the_kth_value_go_to_the_lowest_index_as_in_encode():
     params = dataclasses.replace(small_sae("topk"), W_enc=jnp.zeros((D, D_SAE)), b_enc=jnp.ones(D_SAE))
     x = np.ones((2, D), np.float32)
-    np.testing.assert_array_equal(FC.feature_values(params, x, range(D_SAE)), np.asarray(sae_lib.encode(params, x)))
+    np.testing.assert_array_equal(feature_contexts.feature_values(params, x, range(D_SAE)), np.asarray(sae_lib.encode(params, x)))
 
 
 def test_a_planted_feature_is_found_on_its_pattern_and_tops_the_dashboard(tmp_path):
     rng = np.random.default_rng(0)
     plain, mc, n_planted = _sets(small_sae(), rng, plant_in_answers=False)
-    top = FC.pooled_top([plain, mc], 10)
+    top = feature_contexts.pooled_top([plain, mc], 10)
     decode = lambda t: f"<{t}>"  # noqa: E731
-    ctxs = FC.contexts([plain, mc], top, decode)
+    ctxs = feature_contexts.contexts([plain, mc], top, decode)
     # exactly the planted sequences come first, each peaking on the pattern's second token
     assert n_planted == 6
-    assert all(c.origin == FC.PLAIN and c.tokens[c.peak] == f"<{PATTERN[1]}>" and c.tokens[c.peak - 1] == f"<{PATTERN[0]}>"
+    assert all(c.origin == feature_contexts.PLAIN and c.tokens[c.peak] == f"<{PATTERN[1]}>" and c.tokens[c.peak - 1] == f"<{PATTERN[0]}>"
                for c in ctxs[:n_planted])
     assert len(ctxs) == n_planted  # 10 asked for, only the 6 sequences that fire compete: no zero-valued padding
-    fire = FC.firing([plain, mc], feature=PLANTED, reading="encoder", top_n=10)
+    fire = feature_contexts.firing([plain, mc], feature=PLANTED, reading="encoder", top_n=10)
     assert fire.top_n == n_planted and fire.top_n_requested == 10
     assert fire.answer_share_top == 0.0 and fire.plain_share_top == 1.0
-    assert fire.max[FC.PLAIN] > 2.0 - 0.5 and fire.max[FC.ANSWER] == 0.0
+    assert fire.max[feature_contexts.PLAIN] > 2.0 - 0.5 and fire.max[feature_contexts.ANSWER] == 0.0
     assert np.isnan(fire.max_ratio)  # never inf
-    share = FC.answer_share(fire)
+    share = feature_contexts.answer_share(fire)
     assert share.value == 0.0 and share.n == n_planted and share.ci[0] == 0.0 and 0 < share.ci[1] < 1
-    comp = FC.max_comparison(fire)
-    assert np.isfinite(comp.value) and comp.n == fire.n_positions[FC.ANSWER] and comp.ci[0] >= 0
+    comp = feature_contexts.max_comparison(fire)
+    assert np.isfinite(comp.value) and comp.n == fire.n_positions[feature_contexts.ANSWER] and comp.ci[0] >= 0
 
-    study = FC.FeatureStudy(feature=PLANTED, reading="encoder", sets=(plain, mc), firing=fire, contexts=tuple(ctxs[:n_planted]))
+    study = feature_contexts.FeatureStudy(feature=PLANTED, reading="encoder", sets=(plain, mc), firing=fire, contexts=tuple(ctxs[:n_planted]))
     html_path, md_path = dashboards.write_dashboard(dashboards.dashboard_of(study, profile="test"), tmp_path)
     page = html_path.read_text()
     first_row = page.split("<tr><td>1</td>", 1)[1].split("</tr>", 1)[0]
@@ -121,11 +121,11 @@ def test_a_planted_feature_is_found_on_its_pattern_and_tops_the_dashboard(tmp_pa
 def test_when_the_pattern_sits_at_the_answer_positions_the_share_says_so():
     rng = np.random.default_rng(1)
     plain, mc, n_planted = _sets(small_sae(), rng, plant_in_answers=True)
-    fire = FC.firing([plain, mc], feature=PLANTED, reading="encoder", top_n=n_planted + 10)
+    fire = feature_contexts.firing([plain, mc], feature=PLANTED, reading="encoder", top_n=n_planted + 10)
     # 6 planted plain sequences + 10 planted answer positions: the 16 contexts that fire
-    assert fire.top_origins[FC.ANSWER] == 10 and fire.top_origins[FC.PLAIN] == 6
+    assert fire.top_origins[feature_contexts.ANSWER] == 10 and fire.top_origins[feature_contexts.PLAIN] == 6
     assert fire.answer_share_top == pytest.approx(10 / 16)
-    assert fire.n_positions[FC.ANSWER] == 40
+    assert fire.n_positions[feature_contexts.ANSWER] == 40
     # counted: plain 40 x 31 (BOS left out); option A 21 positions (context + 2), options B-D their 2 continuation tokens
     assert fire.answer_base_rate == pytest.approx(40 / (40 * 31 + 10 * 21 + 30 * 2))
 
@@ -145,7 +145,7 @@ def test_batched_padded_activations_equal_one_sequence_at_a_time(tiny):
     params = sae_lib.SAEParams(W_enc=jnp.asarray(rng.normal(0, 1, (d, 6)), jnp.float32), b_enc=jnp.zeros(6),
                                W_dec=jnp.asarray(rng.normal(0, 1, (6, d)), jnp.float32), b_dec=jnp.zeros(d))
     seqs = [rng.integers(3, ck.config.vocab_size, n) for n in (4, 11, 7, 30, 2)]
-    got = FC.sequence_activations(model, params, [1, 5], seqs, layer=1, hook="resid_pre",
+    got = feature_contexts.sequence_activations(model, params, [1, 5], seqs, layer=1, hook="resid_pre",
                                   max_context=ck.config.max_context, batch_size=2)
     for i, s in enumerate(seqs):
         r = np.asarray(capture.residual(model, s[None], layer=1, where="pre", max_context=ck.config.max_context))[0]
@@ -162,27 +162,27 @@ def _token_set(name, acts, *, answer_last: bool):
         m = np.zeros(a.size, bool)
         m[-1] = answer_last
         answer.append(m)
-    return FC.TokenSet(name=name, tokens=tuple(np.arange(a.size) for a in acts), acts=tuple(acts),
+    return feature_contexts.TokenSet(name=name, tokens=tuple(np.arange(a.size) for a in acts), acts=tuple(acts),
                        counted=tuple(np.ones(a.size, bool) for a in acts), answer=tuple(answer),
                        labels=tuple(f"{name} {i}" for i in range(len(acts))))
 
 
 def test_ties_are_not_ordered_in_favour_of_plain_text():
-    plain = _token_set(FC.PLAIN, [[0, 1.0, 0]] * 50, answer_last=False)  # every sequence peaks at exactly 1.0
+    plain = _token_set(feature_contexts.PLAIN, [[0, 1.0, 0]] * 50, answer_last=False)  # every sequence peaks at exactly 1.0
     mc = _token_set("MC prompt (letter)", [[0, 0, 1.0]] * 50, answer_last=True)  # ... and so does every answer
-    fire = FC.firing([plain, mc], feature=0, reading="encoder", top_n=20, seed=0)
+    fire = feature_contexts.firing([plain, mc], feature=0, reading="encoder", top_n=20, seed=0)
     # plain text used to win every tie (it comes first); now ties are ordered at random: about half answers
-    assert 4 <= fire.top_origins[FC.ANSWER] <= 16 and fire.top_n == 20
-    again = FC.firing([plain, mc], feature=0, reading="encoder", top_n=20, seed=0)
+    assert 4 <= fire.top_origins[feature_contexts.ANSWER] <= 16 and fire.top_n == 20
+    again = feature_contexts.firing([plain, mc], feature=0, reading="encoder", top_n=20, seed=0)
     assert again.top_origins == fire.top_origins  # seeded
 
 
 def test_a_feature_that_never_fires_gives_an_undecidable_measurement_not_inf_or_padding():
-    plain = _token_set(FC.PLAIN, [[0, 0, 0]] * 30, answer_last=False)
+    plain = _token_set(feature_contexts.PLAIN, [[0, 0, 0]] * 30, answer_last=False)
     mc = _token_set("MC prompt (letter)", [[0, -1.0, 0]] * 30, answer_last=True)
-    fire = FC.firing([plain, mc], feature=0, reading="decoder", top_n=20)
+    fire = feature_contexts.firing([plain, mc], feature=0, reading="decoder", top_n=20)
     assert fire.top_n == 0 and np.isnan(fire.answer_share_top)
-    share, comp = FC.answer_share(fire), FC.max_comparison(fire)
+    share, comp = feature_contexts.answer_share(fire), feature_contexts.max_comparison(fire)
     assert np.isnan(share.value) and share.ci is None and share.details["decidable"] is False
     assert np.isnan(comp.value) and comp.ci is None and "undecidable" in comp.statistic
     assert not any(np.isinf(x) for x in (fire.max_ratio, comp.value, share.value))
@@ -194,7 +194,7 @@ def test_equal_size_maxima_compare_like_with_like(shift, expected):
     plain = rng.exponential(size=20_000)  # many plain-text tokens, same distribution as the answers when shift = 0
     answer = rng.exponential(size=200) + max(0.0, -shift) * 8
     plain = plain + max(0.0, shift) * 8
-    got = FC.equal_size_maxima(plain, answer, seed=0, n_resamples=500)
+    got = feature_contexts.equal_size_maxima(plain, answer, seed=0, n_resamples=500)
     lo, hi = got["ci"]
     if expected == "plain":
         assert lo > 0
@@ -208,8 +208,8 @@ def test_equal_size_maxima_compare_like_with_like(shift, expected):
 def test_the_split_study_on_activations_round_tripped_through_the_cache_equals_study_features(tiny, tmp_path):
     """The evals fixture's path (study_sequences, activations concatenated into the disk cache and split back,
     studies_from_activations) gives the same study as study_features in one go."""
-    from harness.activation_cache import ActivationCache
     from harness.data.records import MCQuestion
+    from harness.runs.cache import ActivationCache
     from harness.sae.corpus import Corpus, Document
 
     ck, model = tiny
@@ -224,22 +224,22 @@ def test_the_split_study_on_activations_round_tripped_through_the_cache_equals_s
     feats = [1, 5]
     common = dict(fmt="cloze", n_plain_tokens=60, seed=0, corpus=corpus)
     run = dict(layer=1, hook="resid_pre", max_context=ck.config.max_context, reading="encoder", batch_size=4)
-    whole = FC.study_features(model, ck, params, feats, questions, top_n=5, **common,
+    whole = feature_contexts.study_features(model, ck, params, feats, questions, top_n=5, **common,
                               **{k: v for k, v in run.items() if k != "max_context"})
 
-    plain, note, mc = FC.study_sequences(ck.tokenizer, questions, max_context=ck.config.max_context, **common)
+    plain, note, mc = feature_contexts.study_sequences(ck.tokenizer, questions, max_context=ck.config.max_context, **common)
     cache = ActivationCache(directory=tmp_path)
 
     def acts(seqs):
         lengths = [len(s) for s in seqs]
         key = {"tokens": np.concatenate(seqs), "lengths": np.array(lengths)}
-        arrays = cache.get_or_compute(key, lambda: {str(f): np.concatenate(a) for f, a in FC.sequence_activations(
+        arrays = cache.get_or_compute(key, lambda: {str(f): np.concatenate(a) for f, a in feature_contexts.sequence_activations(
             model, params, feats, seqs, **run).items()})
         return {f: tuple(np.split(arrays[str(f)], np.cumsum(lengths)[:-1])) for f in feats}
 
     acts(list(plain)), acts(list(mc.ids))  # the first call fills the cache; the split path below reads it back
     assert cache.misses == 2
-    split = FC.studies_from_activations(ck.tokenizer, feats, plain, note, mc, acts(list(plain)), acts(list(mc.ids)),
+    split = feature_contexts.studies_from_activations(ck.tokenizer, feats, plain, note, mc, acts(list(plain)), acts(list(mc.ids)),
                                         top_n=5, reading="encoder", seed=0)
     assert cache.hits == 2 and sorted(split) == feats
     for f in feats:

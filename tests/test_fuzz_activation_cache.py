@@ -7,12 +7,12 @@ import tempfile
 
 import numpy as np
 import pytest
+from fuzz_inputs import ANY, COUNTS, Mutation, byte_mutations, fuzz_settings, path_mutations, report_counts
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fuzz_inputs import ANY, Mutation, byte_mutations, fuzz_settings, path_mutations, report_counts, COUNTS
-from harness.activation_cache import ActivationCache
+from harness.runs.cache import ActivationCache
 
 pytestmark = pytest.mark.fuzz
 KEY = {"weights": "abc", "layer": 3, "qids": ["q:0", "q:1"], "ids": np.arange(3000)}

@@ -2,13 +2,12 @@
 
 import numpy as np
 import pytest
+from checkpoints import tiny_checkpoint
 
 from harness.errors import InputError
 from harness.model import capture
 from harness.model.forms import Form, build_model
-from harness.model.packing import pack_shared_prefix, stack_rows
-
-from checkpoints import tiny_checkpoint
+from harness.runs.packing import pack_shared_prefix, stack_rows
 
 
 @pytest.fixture(scope="module")

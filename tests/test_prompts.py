@@ -5,18 +5,27 @@ from __future__ import annotations
 
 import pytest
 import tokenizers
+from checkpoints import tiny_gguf
+from test_gguf_reader import sentencepiece_vocab
 from tokenizers import models
 
-from checkpoints import tiny_gguf
 from harness.data.records import MCQuestion
 from harness.errors import InputError
 from harness.model.gguf_reader import read_gguf
 from harness.model.sources import read_checkpoint
 from harness.model.tokenizer import ChatTokenizer
-from harness.prompts import (PromptTooLong, build_prompts, context_text, continuations, join_tokens, letter_continuations,
-                             letter_options, letter_probe, token_texts,
-                             user_message)
-from test_gguf_reader import sentencepiece_vocab
+from harness.prompts.formats import (
+    PromptTooLong,
+    build_prompts,
+    context_text,
+    continuations,
+    join_tokens,
+    letter_continuations,
+    letter_options,
+    letter_probe,
+    token_texts,
+    user_message,
+)
 
 # microsoft/Phi-3-mini-4k-instruct tokenizer_config.json "chat_template" (revision of 2024-05), verbatim.
 PHI3_TEMPLATE = (
@@ -126,6 +135,7 @@ def test_an_unknown_format_is_rejected(smollm2):
 def phi3_sp(tmp_path_factory):
     """The stand-in Phi-3 tokenizer (SentencePiece-BPE, Phi-3's specials and chat template)."""
     import standins
+
     from harness.model.hf_reader import read_hf_tokenizer
 
     return read_hf_tokenizer(standins.phi3_tokenizer_files(tmp_path_factory.mktemp("phi3tok")), vocab_size=32064)

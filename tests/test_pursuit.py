@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.errors import InputError
-from harness.pursuit import gradient_pursuit
+from harness.sae.pursuit import gradient_pursuit
 
 
 def dictionary(n_atoms: int, d: int, seed: int) -> np.ndarray:

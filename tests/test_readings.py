@@ -4,10 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from harness import readings, scores
 from harness.errors import InputError
-from harness.readings import feature_readings, reading_chunks, score_features
+from harness.sae import readings
+from harness.sae.readings import feature_readings, reading_chunks, score_features
 from harness.sae.sae import SAEParams, check_params
+from harness.scoring import scores
 
 D_MODEL, D_SAE, N_Q = 8, 40, 7
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from harness import claims as claims_lib
-from harness import features as F
-from harness.activations import OptionRun
 from harness.data.records import MCQuestion
+from harness.runs.options import OptionRun
 from harness.sae.sae import SAEParams, check_params
+from harness.studies import features
 
 REGISTRY = claims_lib.load_registry(pathlib.Path(__file__).parent.parent / "evals" / "claims.toml")
 CLAIMS = {c.id: c for c in REGISTRY}
@@ -59,31 +59,31 @@ def test_shuffling_the_answer_key_makes_the_default_c3_claims_fail():
     params = _sae(256)
     run = _run(400, np.asarray(params.W_dec)[37], signal_frac=0.5, seed=1)
     shuffled = np.random.default_rng(2).permutation(run.answers)
-    for claim_id, measure in (("C3-smollm2-control-above-chance", F.heldout_above_chance),
-                              ("C3-smollm2-control-above-feature-null", F.heldout_above_controls),
-                              ("C3-smollm2-control-above-permutation-null", F.heldout_above_permutation_null)):
-        before = measure(F.analyse(run.resid, run.answers, params, fmt="cloze", reading="decoder", seed=0))
-        after = measure(F.analyse(run.resid, shuffled, params, fmt="cloze", reading="decoder", seed=0))
+    for claim_id, measure in (("C3-smollm2-control-above-chance", features.heldout_above_chance),
+                              ("C3-smollm2-control-above-feature-null", features.heldout_above_controls),
+                              ("C3-smollm2-control-above-permutation-null", features.heldout_above_permutation_null)):
+        before = measure(features.analyse(run.resid, run.answers, params, fmt="cloze", reading="decoder", seed=0))
+        after = measure(features.analyse(run.resid, shuffled, params, fmt="cloze", reading="decoder", seed=0))
         assert _verdict(claim_id, before), (claim_id, before)  # planted signal: the claim holds
         assert not _verdict(claim_id, after), (claim_id, after)  # chance is all a shuffled key leaves
 
 
 def test_permuting_the_sae_features_makes_the_fixed_feature_claim_fail():
     """The original's claim names feature 45142; after a permutation of the SAE's features that index reads another."""
-    d_sae = F.PHI3_FEATURE + 58  # a synthetic SAE wide enough to hold the index (16-dim rows keep it small)
+    d_sae = features.PHI3_FEATURE + 58  # a synthetic SAE wide enough to hold the index (16-dim rows keep it small)
     params = _sae(d_sae)
     # 0.561 = p + (1 - p)/4 for a planted share p of the questions: the original's figure by construction
     p = (0.561 - 0.25) / 0.75
-    run = _run(1474, np.asarray(params.W_dec)[F.PHI3_FEATURE], signal_frac=p, seed=3)
-    before = F.original_accuracy(F.read_feature(run.resid, run.answers, params, F.PHI3_FEATURE))
+    run = _run(1474, np.asarray(params.W_dec)[features.PHI3_FEATURE], signal_frac=p, seed=3)
+    before = features.original_accuracy(features.read_feature(run.resid, run.answers, params, features.PHI3_FEATURE))
     assert _verdict("C3-phi3-45142-accuracy", before), before
     perm = np.random.default_rng(4).permutation(d_sae)
     permuted = dataclasses.replace(params, W_enc=params.W_enc[:, perm], b_enc=params.b_enc[perm], W_dec=params.W_dec[perm])
-    after = F.original_accuracy(F.read_feature(run.resid, run.answers, permuted, F.PHI3_FEATURE))
+    after = features.original_accuracy(features.read_feature(run.resid, run.answers, permuted, features.PHI3_FEATURE))
     assert not _verdict("C3-phi3-45142-accuracy", after), after
     # the feature still exists, at its new index: the claim is about an index, and only the index moved
-    moved = int(np.flatnonzero(perm == F.PHI3_FEATURE)[0])
-    assert F.read_feature(run.resid, run.answers, permuted, moved).original == before.value
+    moved = int(np.flatnonzero(perm == features.PHI3_FEATURE)[0])
+    assert features.read_feature(run.resid, run.answers, permuted, moved).original == before.value
 
 
 PHI3_STYLE_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
@@ -95,15 +95,15 @@ def test_swapping_the_chat_template_fails_the_accuracy_baseline_not_the_claims()
     """Real model, 160 control questions in cloze. A Phi-3-style template (tags SmolLM2 never saw) moves the
     model's accuracy by more than the baseline tolerance, so evals/test_baselines.py fails; the C2 cloze claim
     and the C3 feature claim still hold (measured: cloze 0.72 → 0.65) — a finding the claims alone would miss."""
-    from harness import scores
-    from harness.activations import collect
     from harness.claims.baselines import ACCURACY_ATOL
+    from harness.claims.profiles import DEFAULT_SAE_DIR
     from harness.data.control import load_control_set
     from harness.data.subset import stratified_subset
     from harness.model.forms import Form, build_model
     from harness.model.sources import read_checkpoint
-    from harness.claims.profiles import DEFAULT_SAE_DIR
+    from harness.runs.options import collect
     from harness.sae.formats import load_any
+    from harness.scoring import scores
 
     params, _ = load_any(DEFAULT_SAE_DIR, layer=15, hook="resid_pre")
     checkpoint = read_checkpoint(None)
@@ -114,7 +114,7 @@ def test_swapping_the_chat_template_fails_the_accuracy_baseline_not_the_claims()
     for ckpt in (checkpoint, swapped):
         run = collect(model, ckpt, questions, fmt="cloze", layer=15, progress=False)
         accuracy.append(scores.text_accuracy(run.logprob, run.answers).value)
-        an = F.analyse(run.resid, run.answers, params, fmt="cloze", reading="decoder", seed=0)
-        feature_verdicts.append(_verdict("C3-smollm2-control-above-chance", F.heldout_above_chance(an)))
+        an = features.analyse(run.resid, run.answers, params, fmt="cloze", reading="decoder", seed=0)
+        feature_verdicts.append(_verdict("C3-smollm2-control-above-chance", features.heldout_above_chance(an)))
     assert abs(accuracy[1] - accuracy[0]) > ACCURACY_ATOL, accuracy
     assert feature_verdicts == [True, True]

@@ -14,12 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.special
-
 from checkpoints import tiny_checkpoint
+
+from harness.claims.profiles import DEFAULT_SAE_DIR
 from harness.errors import InputError
 from harness.model import capture, forms
 from harness.model.forms import Form
-from harness.claims.profiles import DEFAULT_SAE_DIR
 from harness.sae import splice
 from harness.sae.metrics import ce_loss_recovered, quality_from_arrays
 from harness.sae.sae import SAEParams, encode, reconstruct
@@ -173,7 +173,7 @@ def test_card_command_fails_on_a_card_that_disagrees_with_the_weights(tmp_path):
 def test_gate_arrays_round_tripped_through_the_cache_give_evaluate_sae_exactly(models, checkpoint, tokens, tiny_sae,
                                                                               tmp_path):
     """The evals gate fixture caches gate_arrays on disk and rebuilds the figures with evaluation_from_arrays."""
-    from harness.activation_cache import ActivationCache
+    from harness.runs.cache import ActivationCache
 
     model, ctx = models[Form.SCAN], checkpoint.config.max_context
     run = dict(layer=LAYER, max_context=ctx, n_ce_sequences=3, batch_size=3)

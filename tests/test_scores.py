@@ -4,23 +4,44 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.stats
 from hypothesis import find, given
 from hypothesis import strategies as st
 
-import harness.scores as scores_mod
+import harness.scoring.scores as scores_mod
 from harness.errors import InputError
-from harness.scores import (
-    argmax_accuracy, argmax_credit, argmin_accuracy, correct_logprob, letter_accuracy,
-    logprob_reading, option_auc, pick_distribution, select_top_features, split_discovery_heldout, text_accuracy,
-)
-from harness.scores import (
-    EXACT, LOGPROB_TIE, READING_TIE, Tolerance, acc_norm, identical_options, lm_eval_choice_lengths, option_credit,
+from harness.scoring.scores import (
+    EXACT,
+    LOGPROB_TIE,
+    READING_TIE,
+    Tolerance,
+    acc_norm,
+    argmax_accuracy,
+    argmax_credit,
+    argmin_accuracy,
+    correct_logprob,
+    identical_options,
+    letter_accuracy,
+    lm_eval_choice_lengths,
+    logprob_reading,
+    option_auc,
+    option_credit,
+    pick_distribution,
+    select_top_features,
+    split_discovery_heldout,
+    text_accuracy,
 )
 from tests.strategies import (
-    answers as answer_keys, float_scored_questions, option_permutations, positive_scales, score_values,
-    scored_questions, strictly_increasing_maps,
+    answers as answer_keys,
 )
-import scipy.stats
+from tests.strategies import (
+    float_scored_questions,
+    option_permutations,
+    positive_scales,
+    score_values,
+    scored_questions,
+    strictly_increasing_maps,
+)
 
 
 def brute_credit(scores_2d, answers, ties):

@@ -9,13 +9,13 @@ import dataclasses
 
 import numpy as np
 import pytest
-
 import standins as S
+
 from harness.data.records import MCQuestion
 from harness.model import capture
 from harness.model.forms import Form, build_model
 from harness.model.sources import read_checkpoint
-from harness.prompts import build_prompts, context_text, continuations, letter_probe
+from harness.prompts.formats import build_prompts, context_text, continuations, letter_probe
 
 REPO_ID = "microsoft/Phi-3-mini-4k-instruct"
 QUESTION = MCQuestion(question="What is the capital of France?", choices=("Berlin", "Paris", "Rome", "Madrid"),

@@ -11,10 +11,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.errors import InputError
-from harness.stats import (
-    Accuracy, bootstrap_ci, kendall_tau, mcnemar_exact, min_detectable_effect, n_needed, paired_difference,
-    paired_permutation_test, paired_test, percentile_ci, pick_distribution_test, power_analysis,
-    rank_correlation_over_questions, resample_weights, roc_auc, spearman_rho, wilson,
+from harness.scoring.stats import (
+    Accuracy,
+    bootstrap_ci,
+    kendall_tau,
+    mcnemar_exact,
+    min_detectable_effect,
+    n_needed,
+    paired_difference,
+    paired_permutation_test,
+    paired_test,
+    percentile_ci,
+    pick_distribution_test,
+    power_analysis,
+    rank_correlation_over_questions,
+    resample_weights,
+    roc_auc,
+    spearman_rho,
+    wilson,
 )
 
 

@@ -1,12 +1,11 @@
 """Claims as data and the gate that checks them: registry, profiles, verdicts, figure baselines, pytest plugin.
 
-May import every lower stage (data, model, sae, scores, studies); nothing below imports it except through
-`Measurement`, the record a study hands to the gate.
+May import every lower stage (data, model, sae, scores, studies); nothing below imports it (studies hand the gate
+`harness.scoring.measurement.Measurement`, re-exported here).
 """
 
 from harness.claims.registry import (
     Claim,
-    Measurement,
     Outcome,
     load_registry,
 )
@@ -18,6 +17,7 @@ from harness.claims.verdicts import (
     decide,
     evaluate,
 )
+from harness.scoring.measurement import Measurement
 
 __all__ = [
     "Claim", "ClaimDoesNotHold", "ClaimInconclusive", "ClaimVerdict", "Measurement", "Outcome", "Result",

@@ -11,10 +11,11 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from harness import features, scores, stats
-from harness import feature_contexts
-from harness.claims.registry import EXACT, Claim, Measurement
+from harness.claims.registry import Claim
 from harness.errors import InputError
+from harness.scoring import scores, stats
+from harness.scoring.measurement import EXACT, Measurement
+from harness.studies import feature_contexts, features
 
 MEASURES: dict[str, Callable[..., Measurement]] = {}
 SEED = 0
@@ -151,7 +152,7 @@ def pick_distribution(credits: FormatCredits) -> Measurement:
 # ---- C1: activations are not log-probabilities ----------------------------------------------------------------
 
 def _invariance(runs, params, *, set: str, format: str, readings: tuple[str, ...]) -> features.Invariance:
-    from harness.readings import reading_chunks
+    from harness.sae.readings import reading_chunks
 
     run = runs(set, format)
     invs = [features.invariance(block, run.answers) for reading in readings
@@ -221,7 +222,7 @@ def original_accuracy(runs, params, *, set: str, format: str, feature: int) -> M
 @registered
 def feature_accuracy(runs, params, *, set: str, format: str, feature: int, reading: str, ties: str = "share") -> Measurement:
     """A named feature's accuracy under a sound reading (tie-aware by default; no selection, so all questions count)."""
-    from harness.readings import feature_readings
+    from harness.sae.readings import feature_readings
 
     run = runs(set, format)
     read = feature_readings(run.resid, params, reading=reading, features=[feature])[:, :, 0]

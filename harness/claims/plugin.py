@@ -108,7 +108,7 @@ def pytest_configure(config):
     registry = pathlib.Path(config.rootpath) / config.getini("claims_registry")
     config.stash[RUN] = Run(profile=profile, registry_path=registry)
     if config.getoption("--compile-cache") != "off":  # a second process compiles nothing the first one compiled
-        from harness import compile_cache
+        from harness.runs import compile_cache
 
         compile_cache.enable(config.getoption("--compile-cache"))
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from harness.claims.registry import Claim, Measurement, Outcome
+from harness.claims.registry import Claim, Outcome
 from harness.errors import InputError
+from harness.scoring.measurement import Measurement
 
 
 class ClaimVerdict(AssertionError):

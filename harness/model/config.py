@@ -127,3 +127,9 @@ class Checkpoint:
 
     def __post_init__(self):
         check_weights(self.config, self.weights, self.source)
+
+    def unembedding(self) -> tuple[np.ndarray, np.ndarray]:
+        """(final RMSNorm scale [embedding], unembedding W_U [vocabulary, embedding]: lm_head or the tied embedding)."""
+        w = self.weights
+        W_U = w["model.embed_tokens.weight"] if self.config.tie_embeddings else w["lm_head.weight"]
+        return np.asarray(w["model.norm.weight"], np.float32), np.asarray(W_U, np.float32)

@@ -1,4 +1,6 @@
-"""Sparse autoencoders: the SAE (sae), file formats (formats), quality metrics (metrics), training (train)."""
+"""Sparse autoencoders: the SAE (sae), file formats (formats), readings, pursuit, quality metrics, training.
+
+May import model (residuals, splicing), scoring (readings score features) and errors/validation; nothing above."""
 
 from harness.sae.formats import load_any, load_gemma_scope, load_sae, load_saelens, load_saex, read_card, save_sae
 from harness.sae.metrics import SAEQuality, ce_loss_recovered, measure_quality, quality_from_arrays

@@ -1,7 +1,7 @@
 """Report plots (matplotlib Figures, no global backend): feature accuracy letter vs text, per subject, tie rules.
 
 Each function writes one PNG and returns its path; `feature_sections` returns markdown that links them.
-They draw figures computed elsewhere (harness.features) and never recompute a score.
+They draw figures computed elsewhere (harness.studies.features) and never recompute a score.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from harness.errors import InputError
-from harness.stats import Accuracy
+from harness.scoring.stats import Accuracy
 
 GROUP_STYLE = {"top": ("tab:red", "o"), "pursuit": ("tab:blue", "s"), "control": ("tab:gray", "^")}
 CHANCE = 0.25
@@ -115,7 +115,7 @@ def feature_sections(directory, *, letter, text, cloze=None, subjects: Mapping[s
                      label: str = "") -> list[str]:
     """Draw the feature plots of one question set into `directory`; return markdown sections linking them.
 
-    letter, text, cloze: `harness.features.Analysis` of the same questions, reading and split (held-out scores plotted).
+    letter, text, cloze: `harness.studies.features.Analysis` of the same questions, reading and split (held-out scores plotted).
     """
     directory = pathlib.Path(directory)
     tag = f"{label}-" if label else ""

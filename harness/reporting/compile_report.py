@@ -12,8 +12,8 @@ from typing import Sequence
 
 from matplotlib.figure import Figure
 
-from harness.compile_timing import CompileTiming, growth, speedup
 from harness.model.forms import Form
+from harness.studies.compile_timing import CompileTiming, growth, speedup
 
 PLOT_NAME = "compile_time.png"
 JSON_NAME = "compile_time.json"

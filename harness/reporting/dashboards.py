@@ -2,7 +2,7 @@
 
 Written as one self-contained HTML page (inline CSS, the histogram PNG embedded as base64) and one markdown page
 (histogram PNG beside it) under reports/<profile>/features/feature-<idx>.{html,md}. The page only draws figures
-computed elsewhere (harness.feature_contexts, the claims); it recomputes nothing but the logit effects.
+computed elsewhere (harness.studies.feature_contexts, the claims); it recomputes nothing but the logit effects.
 
 Logit effects: the decoder direction d = W_dec[f] / out_norm_factor (the residual the feature writes) is multiplied by
 the final RMSNorm scale g and the unembedding, d·g @ W_Uᵀ [vocabulary]. The RMS division of the final norm is a
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import os
 import io
 import json
+import os
 import pathlib
 from collections.abc import Mapping, Sequence
 
@@ -24,9 +24,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from harness.errors import InputError
-from harness.feature_contexts import ORIGINS, PLAIN, Context, FeatureStudy, TokenSet
-from harness.format_robustness import unembedding
 from harness.sae import sae as sae_lib
+from harness.studies.feature_contexts import ORIGINS, PLAIN, Context, FeatureStudy, TokenSet
 
 ORIGIN_COLOR = {"plain text": "#1f77b4", "MC prompt": "#ff7f0e", "MC answer": "#d62728"}
 N_LOGITS = 12
@@ -43,7 +42,7 @@ class LogitEffects:
 def logit_effects(checkpoint, params: sae_lib.SAEParams, feature: int, *, n: int = N_LOGITS) -> LogitEffects:
     """Top / bottom n of (W_dec[f] / out_norm_factor)·g @ W_Uᵀ (see the module docstring)."""
     f = int(sae_lib.check_features(params, [feature])[0])
-    g, W_U = unembedding(checkpoint)
+    g, W_U = checkpoint.unembedding()
     d = np.asarray(params.W_dec[f], np.float32) / params.out_norm_factor
     if d.shape != g.shape:
         raise InputError(f"SAE width {d.shape[0]} does not match the model's d_model {g.shape[0]}")

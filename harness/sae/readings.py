@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from harness import scores
 from harness.errors import InputError
 from harness.sae import sae as sae_lib
+from harness.scoring import scores
 
 READINGS = ("encoder", "preact", "decoder")
 READING_AXES = ("question", "option", "feature")

@@ -20,14 +20,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from harness.activations import HOOKS, padded_batch, plan_batches
-from harness.claims import Measurement
 from harness.data.records import LETTERS, MCQuestion
 from harness.errors import InputError
 from harness.model import capture
-from harness.prompts import PromptTooLong, build_prompts, token_texts
+from harness.prompts.formats import PromptTooLong, build_prompts, token_texts
+from harness.runs.batching import Batch, run_batches
+from harness.runs.options import HOOKS
 from harness.sae import sae as sae_lib
-from harness.stats import wilson
+from harness.scoring.measurement import Measurement
+from harness.scoring.stats import wilson
 
 PLAIN, MC, ANSWER = "plain text", "MC prompt", "MC answer"
 ORIGINS = (PLAIN, MC, ANSWER)
@@ -104,7 +105,7 @@ class MCSequences:
 
 
 def mc_sequences(tokenizer, questions: Sequence[MCQuestion], *, fmt: str, max_len: int) -> MCSequences:
-    """Every option sequence of `questions` in `fmt` (harness.prompts); the shared context counted once per question."""
+    """Every option sequence of `questions` in `fmt` (harness.prompts.formats); the shared context counted once per question."""
     ids, counted, answer, labels, skipped = [], [], [], [], []
     for q in questions:
         try:
@@ -157,16 +158,19 @@ def sequence_activations(model, params, features: Sequence[int], sequences: Sequ
     if hook not in HOOKS:
         raise InputError(f"hook {hook!r}: expected one of {tuple(HOOKS)}")
     features = [int(f) for f in features]
-    lengths = [len(s) for s in sequences]
     out = {f: [None] * len(sequences) for f in features}
-    for length, rows, members in plan_batches(lengths, max_len=max_context, batch_size=batch_size,
-                                              token_budget=token_budget):
-        tokens = padded_batch(sequences, members, rows, length)
-        resid = capture.residual(model, tokens, layer=layer, where=HOOKS[hook], max_context=max_context)
+
+    def forward(batch: Batch):
+        return capture.residual(model, batch.tokens, layer=layer, where=HOOKS[hook], max_context=max_context)
+
+    def take(batch: Batch, resid) -> None:
         acts = feature_values(params, resid, features, reading=reading)
-        for r, i in enumerate(members):
+        for r, i in enumerate(batch.members):
             for j, f in enumerate(features):
-                out[f][i] = acts[r, : lengths[i], j].astype(np.float32)
+                out[f][i] = acts[r, : len(sequences[i]), j].astype(np.float32)
+
+    run_batches(sequences, forward=forward, take=take, max_len=max_context, batch_size=batch_size,
+                token_budget=token_budget, label="feature activations")
     return {f: tuple(v) for f, v in out.items()}
 
 
@@ -228,7 +232,7 @@ def pooled_top(sets: Sequence[TokenSet], n: int, *, seed: int = 0) -> list[tuple
 
 def contexts(sets: Sequence[TokenSet], top, decode, *, before: int = 24, after: int = 6, texts=None) -> list[Context]:
     """Context windows around the top peaks; `decode(id) -> str` turns a token id into its text, or
-    `texts(ids, skip=k)` (harness.prompts.token_texts) gives each of ids[k:] as it reads in context (SentencePiece spaces kept)."""
+    `texts(ids, skip=k)` (harness.prompts.formats.token_texts) gives each of ids[k:] as it reads in context (SentencePiece spaces kept)."""
     out = []
     for si, qi, p, value, origin in top:
         s = sets[si]

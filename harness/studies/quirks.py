@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from harness import scores, stats
 from harness.data.records import N_CHOICES, MCQuestion
 from harness.errors import InputError
+from harness.scoring import scores, stats
 
 ORIGINAL_MAX_TOKENS = 256  # micrlhf-progress: tokenizer(..., truncation=True, max_length=256), right padding (BRIEF §1)
 QUIRK_NAMES: tuple[str, ...] = ("header", "truncate", "tie_first", "better_of")
@@ -111,7 +111,7 @@ def truncated(lengths, *, max_tokens: int = ORIGINAL_MAX_TOKENS) -> np.ndarray:
 
 def letter_prompt_lengths(tokenizer, questions: Sequence[MCQuestion]) -> np.ndarray:
     """[question] the longest letter-format option sequence in tokens (the original's prompt, never truncated here)."""
-    from harness.prompts import build_prompts
+    from harness.prompts.formats import build_prompts
 
     return np.array([build_prompts(tokenizer, q, "letter", max_len=10**9).max_len for q in questions], dtype=np.int64)
 
@@ -244,7 +244,7 @@ def measure(option_scores, answers, quirks: Quirks, *, header_lost=None, lengths
     n_header = 0
     if quirks.header:
         if header_lost is None:
-            raise InputError("quirk 'header' is on: pass header_lost (harness.quirks.header_row_lost)")
+            raise InputError("quirk 'header' is on: pass header_lost (harness.studies.quirks.header_row_lost)")
         header_lost = np.asarray(header_lost, dtype=bool)
         if header_lost.shape != keep.shape:
             raise InputError(f"header_lost: expected shape {keep.shape}, got {header_lost.shape}")
@@ -253,7 +253,7 @@ def measure(option_scores, answers, quirks: Quirks, *, header_lost=None, lengths
     n_trunc = 0
     if quirks.truncate is not None:
         if lengths is None:
-            raise InputError(f"quirk 'truncate {quirks.truncate}' is on: pass lengths (harness.quirks.letter_prompt_lengths)")
+            raise InputError(f"quirk 'truncate {quirks.truncate}' is on: pass lengths (harness.studies.quirks.letter_prompt_lengths)")
         lost = truncated(lengths, max_tokens=quirks.truncate)
         if lost.shape != keep.shape:
             raise InputError(f"lengths: expected shape {keep.shape}, got {lost.shape}")
@@ -303,9 +303,9 @@ def truncation_reread(model, checkpoint, questions: Sequence[MCQuestion], readin
 
     Every truncated prompt has exactly `max_tokens` tokens, so the forwards need no padding.
     """
-    from harness.activations import HOOKS
     from harness.model import capture
-    from harness.prompts import build_prompts
+    from harness.prompts.formats import build_prompts
+    from harness.runs.options import HOOKS
 
     if hook not in HOOKS:
         raise InputError(f"hook {hook!r}: expected one of {tuple(HOOKS)}")
@@ -340,7 +340,7 @@ def feature_quirk_ablation(run, params, feature: int, *, checkpoint, model=None,
     Header rows come from the run's questions (`rows` as in `header_row_lost`), prompt lengths from the tokenizer;
     with `model` given the truncated prompts are re-read (one forward each), else their AUC is left out.
     """
-    from harness.readings import feature_readings
+    from harness.sae.readings import feature_readings
 
     if run.fmt != "letter":
         raise InputError(f"feature_quirk_ablation: expected the letter-format run (the original's prompt), got {run.fmt!r}")

@@ -25,7 +25,7 @@ import numpy as np
 
 from harness.errors import InputError
 
-HARNESS_DIR = pathlib.Path(__file__).resolve().parent
+HARNESS_DIR = pathlib.Path(__file__).resolve().parent.parent
 
 
 def digest_file(path: str | pathlib.Path, *, chunk: int = 1 << 22) -> str:
@@ -43,7 +43,8 @@ def digest_file(path: str | pathlib.Path, *, chunk: int = 1 << 22) -> str:
 
 # The code an option run's arrays depend on: the model, its readers and tokenizer, prompts, batching, data records.
 # Studies, scores, claims and reports read the arrays but cannot change them, so editing them keeps the cache warm.
-ACTIVATION_CODE = ("model/**/*.py", "activations.py", "prompts.py", "data/records.py", "errors.py", "validation.py")
+ACTIVATION_CODE = ("model/**/*.py", "runs/options.py", "runs/batching.py", "runs/packing.py", "prompts/*.py", "data/records.py",
+                   "errors.py", "validation.py")
 
 
 def code_digest(*patterns: str) -> str:

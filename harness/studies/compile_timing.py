@@ -23,11 +23,11 @@ import numpy as np
 from penzai import pz
 from penzai.models.transformer.variants import llamalike_common as llamalike
 
-from harness import compile_cache
 from harness.errors import InputError
 from harness.model.capture import BATCH, SEQ, VOCAB
 from harness.model.config import ModelConfig
 from harness.model.forms import Form, assemble, penzai_config, split_params
+from harness.runs import compile_cache
 
 # SmolLM2-135M-Instruct (the default profile's model): 9 query heads sharing 3 KV heads, tied embeddings.
 SMOLLM2_SHAPE = ModelConfig(
@@ -127,7 +127,7 @@ def forward(model, tokens) -> jax.Array:
 
 @contextlib.contextmanager
 def compilation_cache_off() -> Iterator[None]:
-    """Within the block JAX's persistent compilation cache is off (restored on exit): see harness.compile_cache."""
+    """Within the block JAX's persistent compilation cache is off (restored on exit): see harness.runs.compile_cache."""
     with compile_cache.disabled():  # the flag alone is ignored once this process has used the cache
         yield
 

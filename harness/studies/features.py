@@ -13,12 +13,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from harness import scores, stats
-from harness.claims import Measurement
 from harness.errors import InputError
-from harness.pursuit import gradient_pursuit
-from harness.readings import FeatureScores, feature_chunk_size, feature_readings, reading_chunks, score_features
+from harness.sae.pursuit import gradient_pursuit
+from harness.sae.readings import FeatureScores, feature_chunk_size, feature_readings, reading_chunks, score_features
 from harness.sae.sae import SAEParams, check_features
+from harness.scoring import scores, stats
+from harness.scoring.measurement import Measurement
 
 PURSUIT_K = 16
 TOP_K = 16

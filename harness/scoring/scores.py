@@ -14,7 +14,7 @@ import scipy.special
 import scipy.stats
 
 from harness.errors import InputError
-from harness.stats import Accuracy
+from harness.scoring.stats import Accuracy
 
 SCORE_AXES = ("question", "option", "feature")
 TIES = ("share", "first")

@@ -5,7 +5,7 @@ prompt variants ("(A) text" vs "A. text" labels; "Answer: (" + "A" vs "Answer:" 
 formats. Reported: accuracy per rotation / variant with Wilson CIs, the spread (max − min), position bias (accuracy
 when the answer sits at A/B/C/D, pooled over rotations) and the pick distribution against the key (chi-square).
 
-Every variant reads its letters as they occur after its prefix in the joined encoding (harness.prompts.
+Every variant reads its letters as they occur after its prefix in the joined encoding (harness.prompts.formats.
 letter_continuations), never lone-encoded: on SentencePiece tokenizers "A" after "(" is not the lone "▁A", and " A"
 may be several tokens, which are then scored as a sequence (summed log-prob) instead of rejected.
 
@@ -22,11 +22,12 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import scipy.special
 
-from harness import prompts, scores, stats
-from harness.activations import padded_batch, plan_batches
 from harness.data.records import LETTERS, N_CHOICES, MCQuestion
 from harness.errors import InputError
 from harness.model import capture
+from harness.prompts import formats
+from harness.runs.batching import Batch, run_batches
+from harness.scoring import scores, stats
 
 SHIFTS: tuple[int, ...] = (0, 1, 2, 3)
 Scorer = Callable[[Sequence[MCQuestion], int], np.ndarray]  # (rotated questions, shift) -> scores [question, option]
@@ -68,21 +69,14 @@ def variant_context(tokenizer, question: MCQuestion, variant: LetterVariant) -> 
     return tokenizer.render_chat([{"role": "user", "content": user}], add_generation_prompt=True) + variant.prefix
 
 
-def letter_reading(tokenizer, context: str, variant: LetterVariant, *, where: str = "") -> prompts.LetterContinuations:
+def letter_reading(tokenizer, context: str, variant: LetterVariant, *, where: str = "") -> formats.LetterContinuations:
     """The four letters of `variant` as they occur after `context` in the joined encoding (never lone-encoded).
 
     On SentencePiece tokenizers a lone "A" is "▁A" but after "(" it is the bare "A", and " A" is two tokens:
-    see `harness.prompts.letter_continuations`, which also counts boundary mismatches.
+    see `harness.prompts.formats.letter_continuations`, which also counts boundary mismatches.
     """
     letters = [variant.continuation.format(letter=letter) for letter in LETTERS]
-    return prompts.letter_continuations(tokenizer, context, letters, where=where or f"variant {variant.name}")
-
-
-def unembedding(checkpoint) -> tuple[np.ndarray, np.ndarray]:
-    """(final RMSNorm scale [embedding], unembedding W_U [vocabulary, embedding]: lm_head or the tied embedding)."""
-    w = checkpoint.weights
-    W_U = w["model.embed_tokens.weight"] if checkpoint.config.tie_embeddings else w["lm_head.weight"]
-    return np.asarray(w["model.norm.weight"], np.float32), np.asarray(W_U, np.float32)
+    return formats.letter_continuations(tokenizer, context, letters, where=where or f"variant {variant.name}")
 
 
 def next_token_logits(model, checkpoint, contexts: Sequence[Sequence[int]], probes: Sequence[Sequence[int]], *,
@@ -92,20 +86,23 @@ def next_token_logits(model, checkpoint, contexts: Sequence[Sequence[int]], prob
     The unembedding runs at each context's last position only (capture's `logit_positions`).
     """
     max_len = checkpoint.config.max_context
-    last = checkpoint.config.n_layers - 1
-    lengths = [len(c) for c in contexts]
-    if max(lengths, default=0) > max_len:
-        raise InputError(f"context of {max(lengths)} tokens exceeds the model's {max_len} (not truncated)")
+    if max((len(c) for c in contexts), default=0) > max_len:
+        raise InputError(f"context of {max(len(c) for c in contexts)} tokens exceeds the model's {max_len} (not truncated)")
     out = np.full((len(contexts), len(probes[0]) if probes else 0), np.nan, np.float32)
-    for length, rows, members in plan_batches(lengths, max_len=max_len, batch_size=batch_size, token_budget=token_budget):
-        tokens = padded_batch(contexts, members, rows, length)
-        at = np.zeros((rows, 1), np.int32)
-        at[: len(members), 0] = [lengths[i] - 1 for i in members]
-        _, logits = capture.residual_and_logits(model, tokens, layer=last, where="post", max_context=max_len,
-                                                logit_positions=at)
+
+    def forward(batch: Batch):
+        at = np.zeros((batch.rows, 1), np.int32)
+        at[: len(batch.members), 0] = [len(contexts[i]) - 1 for i in batch.members]
+        return capture.residual_and_logits(model, batch.tokens, layer=checkpoint.config.n_layers - 1, where="post",
+                                           max_context=max_len, logit_positions=at)[1]
+
+    def take(batch: Batch, logits) -> None:
         logits = np.asarray(logits[:, 0])
-        for r, i in enumerate(members):
+        for r, i in enumerate(batch.members):
             out[i] = logits[r, list(probes[i])]
+
+    run_batches(contexts, forward=forward, take=take, max_len=max_len, batch_size=batch_size,
+                token_budget=token_budget, label="next-token logits")
     return out
 
 
@@ -116,26 +113,30 @@ def continuation_logprobs(model, checkpoint, sequences: Sequence[Sequence[int]],
     The unembedding and log-softmax run only at the positions that predict a scored token.
     """
     max_len = checkpoint.config.max_context
-    last = checkpoint.config.n_layers - 1
     lengths = [len(s) for s in sequences]
     if max(lengths, default=0) > max_len:
         raise InputError(f"sequence of {max(lengths)} tokens exceeds the model's {max_len} (not truncated)")
     if any(not 1 <= st < n for st, n in zip(starts, lengths)):
         raise InputError("continuation_logprobs: every start must lie in 1..len(sequence)-1")
     out = np.full(len(sequences), np.nan)
-    for length, rows, members in plan_batches(lengths, max_len=max_len, batch_size=batch_size, token_budget=token_budget):
-        tokens = padded_batch(sequences, members, rows, length)
-        k = max(lengths[i] - starts[i] for i in members)
-        at = np.zeros((rows, k), np.int32)
-        for r, i in enumerate(members):
+
+    def forward(batch: Batch):
+        k = max(lengths[i] - starts[i] for i in batch.members)
+        at = np.zeros((batch.rows, k), np.int32)
+        for r, i in enumerate(batch.members):
             pos = np.arange(starts[i] - 1, lengths[i] - 1)
             at[r, : pos.size], at[r, pos.size:] = pos, pos[-1]
-        _, logits = capture.residual_and_logits(model, tokens, layer=last, where="post", max_context=max_len,
-                                                logit_positions=at)
+        return capture.residual_and_logits(model, batch.tokens, layer=checkpoint.config.n_layers - 1, where="post",
+                                           max_context=max_len, logit_positions=at)[1]
+
+    def take(batch: Batch, logits) -> None:
         logp = scipy.special.log_softmax(np.asarray(logits, np.float64), axis=-1)   # [rows, k, vocab]
-        for r, i in enumerate(members):
+        for r, i in enumerate(batch.members):
             targets = np.asarray(sequences[i][starts[i]:])
             out[i] = logp[r, np.arange(targets.size), targets].sum()
+
+    run_batches(sequences, forward=forward, take=take, max_len=max_len, batch_size=batch_size,
+                token_budget=token_budget, label="continuation log-probs")
     return out
 
 
