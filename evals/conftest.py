@@ -124,11 +124,14 @@ def cached(checkpoint, activation_cache):
 
 @pytest.fixture(scope="session")
 def option_runs(pytestconfig, profile, checkpoint, model, question_sets, cached):
-    """option_runs(role, fmt) -> activations.OptionRun at the profile's layer/hook, once per session and cached on
-    disk. Runs are a seeded stratified subset of the profile's budget (or --limit); formats of a set share it."""
+    """option_runs(role, fmt) -> OptionRun at the profile's layer/hook, once per session and cached on disk.
+
+    Runs are a seeded stratified subset of the profile's budget (or --limit); the formats of a set budgeted at the same
+    size share the subset and run together (collect_formats: one trie row per question for all of them).
+    """
     from harness.data.subset import stratified_subset
-    from harness.prompts.formats import check_format
-    from harness.runs.options import collect, from_arrays, to_arrays
+    from harness.prompts.formats import FORMATS, check_format
+    from harness.runs.options import collect_formats, from_arrays, to_arrays
 
     runs = {}
     limit = limit_of(pytestconfig)
@@ -141,21 +144,30 @@ def option_runs(pytestconfig, profile, checkpoint, model, question_sets, cached)
         if (role, fmt) not in runs:
             questions = question_sets[role][0]
             size = profile.run_size(role, fmt, limit)
+            fmts = tuple(f for f in FORMATS if f == fmt or (f"{role}/{f}" in profile.budget
+                                                            and profile.run_size(role, f, limit) == size))
             if size is not None and size < len(questions):
                 questions, _ = stratified_subset(questions, size, seed=profile.seed)
             # the questions' content, not only their ids: an edited data file misses the cache
             content = json.dumps([(q.qid, q.question, q.choices, q.answer) for q in questions], ensure_ascii=False)
-            key = {"set": role, "fmt": fmt, "layer": profile.layer, "hook": profile.hook,
+            key = {"set": role, "formats": fmts, "layer": profile.layer, "hook": profile.hook,
                    "questions": hashlib.sha256(content.encode()).hexdigest()}
+            label = f"{role} {'+'.join(fmts)}"
 
             def progress(p):
-                say(f"{role} {fmt}: {p.done}/{p.total} done, {p.tokens_per_s:.0f} tokens/s, {p.seconds:.0f}s")
+                say(f"{label}: {p.done}/{p.total} done, {p.tokens_per_s:.0f} tokens/s, {p.seconds:.0f}s")
 
-            say(f"{role} {fmt}: {len(questions)} questions …", force=True)
-            arrays = cached("option run", key, lambda: to_arrays(collect(
-                model, checkpoint, questions, fmt=fmt, layer=profile.layer, hook=profile.hook, progress=progress)))
-            runs[(role, fmt)] = from_arrays(arrays, questions, fmt=fmt, layer=profile.layer, hook=profile.hook)
-            say(f"{role} {runs[(role, fmt)].summary()}", force=True)
+            def compute():
+                got = collect_formats(model, checkpoint, questions, fmts=fmts, layer=profile.layer, hook=profile.hook,
+                                      progress=progress)
+                return {f"{f}/{name}": a for f, r in got.items() for name, a in to_arrays(r).items()}
+
+            say(f"{label}: {len(questions)} questions …", force=True)
+            arrays = cached("option runs", key, compute)
+            for f in fmts:
+                mine = {name.split("/", 1)[1]: a for name, a in arrays.items() if name.startswith(f"{f}/")}
+                runs[(role, f)] = from_arrays(mine, questions, fmt=f, layer=profile.layer, hook=profile.hook)
+                say(f"{role} {runs[(role, f)].summary()}", force=True)
         return runs[(role, fmt)]
 
     return run

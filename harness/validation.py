@@ -1,4 +1,4 @@
-"""The one validation layer for what users' files hold: text, JSON and typed metadata, each failure one InputError.
+"""The one validation layer for users' files: text, JSON, safetensors and typed metadata, each failure one InputError.
 
 Readers of every format (GGUF keys, HF config.json, SAELens cfg.json, sidecars, MC data) go through these
 helpers instead of scattered int()/bool() calls, so a wrong type, a NaN or an undecodable byte always gives
@@ -14,7 +14,10 @@ import os
 import pathlib
 from typing import Annotated, Any
 
+import ml_dtypes  # noqa: F401 — registers 'bfloat16' with numpy, so safetensors can return bf16 tensors
+import numpy as np
 import pydantic
+import safetensors
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.errors import InputError
@@ -92,6 +95,23 @@ def read_bytes(path: str | os.PathLike, *, expected: str = "a readable file") ->
         return path.read_bytes()
     except OSError as error:
         raise file_error(path, error, expected=expected) from error
+
+
+def read_safetensors(path: str | os.PathLike, *, expected: str) -> dict[str, np.ndarray]:
+    """Every tensor of one safetensors file as numpy, dtypes as stored (bf16 as ml_dtypes.bfloat16).
+
+    A folder, a missing, truncated or corrupt file is one InputError line naming the file; what dtypes are
+    acceptable is the caller's policy.
+    """
+    path = pathlib.Path(path)
+    if path.is_dir():
+        raise file_error(path, IsADirectoryError(errno.EISDIR, "is a folder"), expected=expected)
+    try:
+        with safetensors.safe_open(str(path), framework="numpy") as handle:
+            return {name: handle.get_tensor(name) for name in handle.keys()}
+    except (safetensors.SafetensorError, OSError, ValueError, TypeError) as error:
+        reason = one_line(error, 150) or type(error).__name__
+        raise InputError(f"{path}: not a readable safetensors file ({reason}); expected {expected}") from error
 
 
 def decode_utf8(data: bytes, source: str) -> str:

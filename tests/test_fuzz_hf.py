@@ -73,8 +73,9 @@ def mutations(files: dict[str, bytes]) -> st.SearchStrategy[tuple[str, Mutation]
     on = lambda name, strategy: strategy.map(lambda m, name=name: (name, m))  # noqa: E731
     return st.one_of(
         on("config.json", st.sampled_from(BAD_CONFIG).map(lambda kv: json_edit((kv[0],), kv[1]))),
-        on("config.json", st.sampled_from([json_edit(("some_future_flag",), 1, BENIGN), json_edit(("torch_dtype",), ..., BENIGN),
-                                           with_bom()])),
+        on("config.json", st.sampled_from([json_edit(("some_future_flag",), 1), json_edit(("torch_dtype",), ..., BENIGN),
+                                           json_edit(("initializer_range",), 0.5, BENIGN),
+                                           json_edit(("attention_dropout",), 0.3, BENIGN), with_bom()])),
         on("config.json", st.one_of(byte_mutations(config_text), non_utf8(config_text))),
         on("tokenizer_config.json", st.sampled_from(BAD_TOKENIZER_CONFIG).map(lambda kv: json_edit((kv[0],), kv[1]))),
         on("tokenizer_config.json", st.just(with_bom())),

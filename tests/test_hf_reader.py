@@ -16,8 +16,10 @@ import tokenizers
 from safetensors.numpy import load_file, save_file
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
+import harness.model.hf_reader as hf_reader
 from harness.errors import InputError
-from harness.model.hf_reader import read_hf_dir, resolve_hf_cache
+from harness.model.hf_reader import model_config_from_hf, read_hf_dir, resolve_hf_cache
+from harness.validation import short_repr
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|end|>", "<|assistant|>"]
 PHI3_TEMPLATE = (
@@ -441,11 +443,17 @@ def test_shape_mismatch(llama_copy):
     [
         ({"model_type": "mistral"}, ["model_type 'mistral'"]),
         ({"hidden_size": ...}, ["field hidden_size is missing"]),
-        ({"rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}}, ["rope_scaling 'longrope'"]),
-        ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4}}, ["rope_parameters.rope_type 'longrope'"]),
-        ({"partial_rotary_factor": 0.5}, ["partial_rotary_factor 0.5"]),
-        ({"attention_bias": True}, ["attention_bias"]),
-        ({"hidden_act": "gelu"}, ["hidden_act 'gelu'"]),
+        ({"rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}},
+         ["key 'rope_scaling' = {'type': 'longrope'", "expected null"]),
+        ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4}},
+         ["key 'rope_parameters.rope_type' = 'longrope' is not supported"]),
+        ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "factor": 8.0}},
+         ["key 'rope_parameters.factor' = 8.0 is not supported"]),
+        ({"partial_rotary_factor": 0.5}, ["key 'partial_rotary_factor' = 0.5 is not supported"]),
+        ({"attention_bias": True}, ["key 'attention_bias' = True is not supported", "expected false"]),
+        ({"hidden_act": "gelu"}, ["key 'hidden_act' = 'gelu' is not supported", "expected 'silu'"]),
+        ({"sliding_window": 64}, ["key 'sliding_window' = 64 is not supported", "llama"]),
+        ({"quantization_config": {"quant_method": "gptq", "bits": 4}}, ["key 'quantization_config' = {'quant_method'"]),
         ({"num_key_value_heads": 3}, ["n_kv_heads=3"]),
         ({"intermediate_size": "96"}, ["field intermediate_size = '96' (str)"]),
         ({"rope_theta": "big"}, ["field rope_theta = 'big' (str)"]),
@@ -602,12 +610,193 @@ def test_integer_bits_are_not_weights(llama_copy):
     assert_input_error(llama_copy, str(path), "tensor model.norm.weight has dtype int32, expected a float dtype")
 
 
-def test_config_read_as_utf8_with_bom_and_unknown_keys_listed(llama_copy):
+def test_config_read_as_utf8_with_bom_and_no_effect_keys_listed(llama_copy):
     path = llama_copy / "config.json"
-    config = json.loads(path.read_text()) | {"some_future_flag": 1}
+    config = json.loads(path.read_text()) | {"initializer_range": 0.5, "use_cache": False}
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(config).encode())
-    assert "some_future_flag" in read_hf_dir(llama_copy).ignored_fields
+    assert read_hf_dir(llama_copy).ignored_fields == ("architectures", "initializer_range", "use_cache")
     path.write_bytes(json.dumps(config).encode().replace(b'"llama"', b'"ll\xe9ama"'))
     assert_input_error(llama_copy, str(path), "not UTF-8", "line 1")
     path.write_text(json.dumps(config)[:-1] + ', "vocab_size": 400}')
     assert_input_error(llama_copy, str(path), "'vocab_size' appears twice")
+
+
+def test_unknown_config_key_is_refused_naming_file_key_and_value(llama_copy):
+    edit_config(llama_copy, some_future_flag=1)
+    assert_input_error(llama_copy, f"{llama_copy / 'config.json'}: key 'some_future_flag' = 1 is not supported "
+                                   "(this harness runs Llama/Phi-3 maths; unknown keys may change it)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Every config.json key is used, provably harmless, or pinned to the supported value; the rest is refused.
+
+# HuggingFaceTB/SmolLM2-135M-Instruct config.json, hub revision eba0825ddc7730d24a88685a6c0a078cf919b383
+# (huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct/blob/eba0825ddc7730d24a88685a6c0a078cf919b383/config.json).
+SMOLLM2_135M_INSTRUCT = {
+    "_name_or_path": "HuggingFaceTB/smollm2-135M-8k-lc100k-mix1-ep2", "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+    "hidden_size": 576, "initializer_range": 0.041666666666666664, "intermediate_size": 1536, "is_llama_config": True,
+    "max_position_embeddings": 8192, "mlp_bias": False, "model_type": "llama", "num_attention_heads": 9,
+    "num_hidden_layers": 30, "num_key_value_heads": 3, "pad_token_id": 2, "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+    "rope_interleaved": False, "rope_scaling": None, "rope_theta": 100000, "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16", "transformers_version": "4.42.3", "use_cache": True, "vocab_size": 49152,
+}
+# Later uploads of SmolLM2 configs (and every fine-tune saved from SmolLM2-135M-Instruct, e.g.
+# huggingface.co/VIshalChak/SmolLM2-FT-DPO/blob/main/config.json) also carry transformers.js's runtime hints.
+TRANSFORMERS_JS = {"transformers.js_config": {"kv_cache_dtype": {"fp16": "float16", "q4f16": "float16"}}}
+# meta-llama/Meta-Llama-3-8B-Instruct config.json after hub commit 4d6c61da057c45bfc4dc4d3bfa5a691ecb9ce0cf
+# (eos_token_id 128001 -> 128009, <|eot_id|>); the same keys and values are in the copies of it saved by fine-tunes,
+# e.g. huggingface.co/zakkosi/jhcode-meta-llama3_eng/blob/main/config.json.
+META_LLAMA_3_8B_INSTRUCT = {
+    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 128000,
+    "eos_token_id": 128009, "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02,
+    "intermediate_size": 14336, "max_position_embeddings": 8192, "model_type": "llama", "num_attention_heads": 32,
+    "num_hidden_layers": 32, "num_key_value_heads": 8, "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+    "rope_scaling": None, "rope_theta": 500000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+    "transformers_version": "4.40.0.dev0", "use_cache": True, "vocab_size": 128256,
+}
+# meta-llama/Llama-3.2-1B-Instruct config.json as quoted in kevinstephano/thunder_model_blocks hf_llama/llama_config.py
+# (without the "_commit_hash" transformers adds on loading). Llama-3.1 and 3.2 use "llama3" RoPE scaling, which
+# rescales the RoPE frequencies at every position: the builder runs plain RoPE, so these stay refused.
+LLAMA_3_2_1B_INSTRUCT = {
+    "_name_or_path": "meta-llama/Llama-3.2-1B-Instruct", "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 128000, "eos_token_id": 128001,
+    "head_dim": 64, "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 8192,
+    "max_position_embeddings": 131072, "mlp_bias": False, "model_type": "llama", "num_attention_heads": 32,
+    "num_hidden_layers": 16, "num_key_value_heads": 8, "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+    "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "rope_theta": 500000.0, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+    "transformers_version": "4.45.0.dev0", "use_cache": True, "vocab_size": 128256,
+}
+# microsoft/Phi-3-mini-4k-instruct config.json (2024-07 revision: attention_bias added, transformers 4.40.2); the same
+# file tests/standins.py phi3_config() gives with tiny widths.
+PHI3_MINI_4K_INSTRUCT = {
+    "_name_or_path": "Phi-3-mini-4k-instruct", "architectures": ["Phi3ForCausalLM"], "attention_bias": False,
+    "attention_dropout": 0.0,
+    "auto_map": {"AutoConfig": "configuration_phi3.Phi3Config", "AutoModelForCausalLM": "modeling_phi3.Phi3ForCausalLM"},
+    "bos_token_id": 1, "embd_pdrop": 0.0, "eos_token_id": 32000, "hidden_act": "silu", "hidden_size": 3072,
+    "initializer_range": 0.02, "intermediate_size": 8192, "max_position_embeddings": 4096, "model_type": "phi3",
+    "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 32,
+    "original_max_position_embeddings": 4096, "pad_token_id": 32000, "resid_pdrop": 0.0, "rms_norm_eps": 1e-05,
+    "rope_scaling": None, "rope_theta": 10000.0, "sliding_window": 2047, "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16", "transformers_version": "4.40.2", "use_cache": True, "vocab_size": 32064,
+}
+REAL_CONFIGS = {
+    "SmolLM2-135M-Instruct": (SMOLLM2_135M_INSTRUCT, ("llama", 576, 30, 9, 3, 64, 1536, 49152, 100000.0, True, 8192, None)),
+    "SmolLM2-135M-Instruct+transformers.js": (SMOLLM2_135M_INSTRUCT | TRANSFORMERS_JS,
+                                              ("llama", 576, 30, 9, 3, 64, 1536, 49152, 100000.0, True, 8192, None)),
+    "Meta-Llama-3-8B-Instruct": (META_LLAMA_3_8B_INSTRUCT,
+                                 ("llama", 4096, 32, 32, 8, 128, 14336, 128256, 500000.0, False, 8192, None)),
+    "Phi-3-mini-4k-instruct": (PHI3_MINI_4K_INSTRUCT,
+                               ("phi3", 3072, 32, 32, 32, 96, 8192, 32064, 10000.0, False, 4096, 2047)),
+}
+
+
+def figures(cfg) -> tuple:
+    return (cfg.architecture, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ffn,
+            cfg.vocab_size, cfg.rope_base, cfg.tie_embeddings, cfg.max_context, cfg.sliding_window)
+
+
+def test_the_three_key_lists_are_disjoint():
+    used, harmless, pinned = hf_reader.USED_KEYS, set(hf_reader.NO_EFFECT_KEYS), set(hf_reader.SUPPORTED_VALUES)
+    assert not (used & harmless) and not (used & pinned) and not (harmless & pinned)
+
+
+@pytest.mark.parametrize("name", sorted(REAL_CONFIGS))
+def test_real_config_files_load(name):
+    raw, expected = REAL_CONFIGS[name]
+    assert figures(model_config_from_hf(raw, source=f"{name}/config.json")) == expected
+    assert hf_reader.ignored_config_keys(raw) == tuple(sorted(set(raw) & set(hf_reader.NO_EFFECT_KEYS)))
+    assert set(raw) <= hf_reader.USED_KEYS | set(hf_reader.NO_EFFECT_KEYS) | set(hf_reader.SUPPORTED_VALUES)
+
+
+def test_standin_phi3_config_has_the_real_keys():
+    from standins import phi3_config
+
+    assert set(phi3_config()) == set(PHI3_MINI_4K_INSTRUCT)
+    assert {k: v for k, v in phi3_config().items() if k not in TINY_WIDTHS} == {
+        k: v for k, v in PHI3_MINI_4K_INSTRUCT.items() if k not in TINY_WIDTHS}
+
+
+TINY_WIDTHS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size", "num_hidden_layers")
+
+
+@pytest.mark.parametrize("version", ["Llama-3.2-1B-Instruct", "Llama-3.1-8B-Instruct"])
+def test_llama3_rope_scaling_is_refused(version):
+    raw = LLAMA_3_2_1B_INSTRUCT if version == "Llama-3.2-1B-Instruct" else LLAMA_3_2_1B_INSTRUCT | {
+        "rope_scaling": LLAMA_3_2_1B_INSTRUCT["rope_scaling"] | {"factor": 8.0}}
+    with pytest.raises(InputError) as info:
+        model_config_from_hf(raw, source="ckpt/config.json")
+    message = str(info.value)
+    assert message.startswith("ckpt/config.json: key 'rope_scaling' = {") and "'rope_type': 'llama3'" in message
+    assert "is not supported (expected null: plain RoPE" in message and "\n" not in message
+
+
+KNOWN_KEYS = hf_reader.USED_KEYS | set(hf_reader.NO_EFFECT_KEYS) | set(hf_reader.SUPPORTED_VALUES)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(base=st.sampled_from(sorted(REAL_CONFIGS)), key=st.text(min_size=1, max_size=30), value=JSON_VALUES)
+def test_any_unknown_key_is_refused_in_one_line(base, key, value):
+    hypothesis.assume(key not in KNOWN_KEYS)
+    raw = REAL_CONFIGS[base][0] | {key: value}
+    with pytest.raises(InputError) as info:
+        model_config_from_hf(raw, source="some/dir/config.json")
+    message = str(info.value)
+    assert message.startswith(f"some/dir/config.json: key {key!r} = ") and "\n" not in message
+    assert message.endswith(" is not supported (this harness runs Llama/Phi-3 maths; unknown keys may change it)")
+
+
+NO_EFFECT_ANY_VALUE = sorted(set(hf_reader.NO_EFFECT_KEYS) - {"bos_token_id", "eos_token_id", "pad_token_id"})
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(base=st.sampled_from(sorted(REAL_CONFIGS)), key=st.sampled_from(NO_EFFECT_ANY_VALUE), value=JSON_VALUES)
+def test_no_effect_keys_accept_any_value_and_are_listed(base, key, value):
+    """Names, bookkeeping and training-only settings (dropout of any rate) change nothing; the token ids, also
+    without effect on the maths, are only checked to lie inside the vocabulary (test_unsupported_config)."""
+    raw, expected = REAL_CONFIGS[base]
+    changed = raw | {key: value}
+    assert figures(model_config_from_hf(changed, source="config.json")) == expected
+    assert key in hf_reader.ignored_config_keys(changed)
+
+
+@pytest.mark.parametrize(("key", "value", "why"), [
+    ("hidden_act", "gelu_pytorch_tanh", "expected 'silu'"),
+    ("hidden_act", None, "expected 'silu'"),
+    ("attention_bias", True, "expected false"),
+    ("attention_bias", 0, "expected false"),
+    ("mlp_bias", True, "expected false"),
+    ("pretraining_tp", 2, "expected 1"),
+    ("pretraining_tp", True, "expected 1"),
+    ("rope_scaling", {"rope_type": "linear", "factor": 2.0}, "expected null"),
+    ("rope_scaling", {"type": "dynamic", "factor": 2.0}, "expected null"),
+    ("rope_scaling", "linear", "expected null"),
+    ("rope_interleaved", True, "expected false"),
+    ("partial_rotary_factor", 0.5, "expected 1.0"),
+    ("original_max_position_embeddings", 0, "expected a positive int"),
+    ("original_max_position_embeddings", "4096", "expected a positive int"),
+])
+@pytest.mark.parametrize("base", ["Meta-Llama-3-8B-Instruct", "Phi-3-mini-4k-instruct"])
+def test_pinned_key_with_another_value_is_refused(base, key, value, why):
+    assert key in hf_reader.SUPPORTED_VALUES
+    with pytest.raises(InputError) as info:
+        model_config_from_hf(REAL_CONFIGS[base][0] | {key: value}, source="d/config.json")
+    supported = hf_reader.SUPPORTED_VALUES[key][1]
+    assert supported.startswith(why)
+    assert str(info.value) == f"d/config.json: key {key!r} = {short_repr(value)} is not supported ({supported})"
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("rope_scaling", {"rope_type": "default"}), ("partial_rotary_factor", 1.0), ("partial_rotary_factor", None),
+    ("original_max_position_embeddings", 131072), ("rope_interleaved", False), ("mlp_bias", False),
+])
+def test_pinned_key_with_the_supported_value_passes(key, value):
+    raw, expected = REAL_CONFIGS["Meta-Llama-3-8B-Instruct"]
+    assert figures(model_config_from_hf(raw | {key: value}, source="config.json")) == expected

@@ -1,13 +1,15 @@
-"""Packed shared-prefix scoring equals running each prefix + continuation alone, in every form."""
+"""Trie packing: every sequence in a packed row scores as if run alone, in every form; the mask rule exactly."""
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from checkpoints import tiny_checkpoint
 
 from harness.errors import InputError
 from harness.model import capture
 from harness.model.forms import Form, build_model
-from harness.runs.packing import pack_shared_prefix, stack_rows
+from harness.runs.packing import pack_trie, stack_rows
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +26,30 @@ def _alone(model, checkpoint, ids, layer):
     return np.asarray(resid[0]), logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
 
 
+def _visible(packed, q: int, k: int) -> bool:
+    """ApplySegmentCausalMask's rule for one (query row, key row) pair, in numpy."""
+    kseg, qseg = packed.segments[k], packed.segments[q]
+    return bool(k <= q and kseg <= qseg <= packed.segment_ends[k])
+
+
+@given(st.lists(st.lists(st.integers(1, 4), min_size=1, max_size=6), min_size=1, max_size=12))
+def test_the_trie_row_holds_every_sequence_and_each_token_sees_exactly_its_own_prefix(sequences):
+    packed = pack_trie(sequences)
+    assert len(packed.ids) == len({tuple(s[:n]) for s in sequences for n in range(1, len(s) + 1)})  # each prefix once
+    on_path = set()
+    for i, seq in enumerate(sequences):
+        path = packed.paths[i]
+        np.testing.assert_array_equal(packed.ids[path], seq)
+        np.testing.assert_array_equal(packed.positions[path], np.arange(len(seq)))
+        on_path |= {(int(path[a]), int(path[b])) for a in range(len(seq)) for b in range(a + 1)}
+    # a token sees exactly the tokens before it on its own path (every row is on some path's end or inside it)
+    for q in range(len(packed.ids)):
+        for k in range(len(packed.ids)):
+            assert _visible(packed, q, k) == ((q, k) in on_path), (q, k)
+
+
 @pytest.mark.parametrize("form", list(Form))
-def test_packed_continuations_score_as_if_run_alone(checkpoint, form):
+def test_packed_sequences_score_as_if_run_alone(checkpoint, form):
     model = build_model(checkpoint, form=form)
     vocab = checkpoint.config.vocab_size
     rng = np.random.default_rng(0)
@@ -33,31 +57,37 @@ def test_packed_continuations_score_as_if_run_alone(checkpoint, form):
     for prefix_len, cont_lens in ((5, (1, 1, 1, 1)), (7, (3, 1, 4, 2))):
         prefix = list(rng.integers(3, vocab, prefix_len))
         conts = [list(rng.integers(3, vocab, n)) for n in cont_lens]
-        rows.append((prefix, conts, pack_shared_prefix(prefix, conts)))
-    ids, positions, segments = stack_rows([p for _, _, p in rows], 20)
+        seqs = [prefix + c for c in conts]
+        seqs += [seqs[1][:-1] + [seqs[1][-1] % (vocab - 3) + 3], prefix[:3] + conts[0], prefix + conts[2][:2]]  # deeper
+        rows.append((seqs, pack_trie(seqs)))                # branches, another branch early, a prefix of a sequence
+    ids, packing = stack_rows([p for _, p in rows], 30, n_rows=3)
     resid, logits = capture.residual_and_logits(
-        model, ids, layer=2, where="pre", max_context=checkpoint.config.max_context, positions=positions, segments=segments
+        model, ids, layer=2, where="pre", max_context=checkpoint.config.max_context, packing=packing
     )
     logits = np.asarray(logits, np.float64)
     logp = logits - logits.max(-1, keepdims=True)
     logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
-    for r, (prefix, conts, packed) in enumerate(rows):
-        for i, cont in enumerate(conts):
-            want_resid, want_logp = _alone(model, checkpoint, prefix + cont, 2)
-            np.testing.assert_allclose(np.asarray(resid[r, packed.last[i]]), want_resid[-1], atol=1e-4, rtol=1e-4)
-            got = logp[r, packed.predictors(i), packed.targets(i)].sum()
-            want = want_logp[np.arange(len(prefix) - 1, len(prefix) + len(cont) - 1), cont].sum()
+    for r, (seqs, packed) in enumerate(rows):
+        for i, seq in enumerate(seqs):
+            want_resid, want_logp = _alone(model, checkpoint, seq, 2)
+            path = packed.paths[i]
+            np.testing.assert_allclose(np.asarray(resid[r, path]), want_resid, atol=1e-5 * np.abs(want_resid).max(), rtol=1e-4)
+            got = logp[r, packed.predictors(i, 1), seq[1:]].sum()
+            want = want_logp[np.arange(len(seq) - 1), seq[1:]].sum()
             assert got == pytest.approx(want, abs=1e-4)
 
 
-def test_packing_rejects_empty_pieces_and_half_packed_inputs(checkpoint):
-    with pytest.raises(InputError, match="continuation is empty"):
-        pack_shared_prefix([1, 2], [[3], []])
-    with pytest.raises(InputError, match="prefix is empty"):
-        pack_shared_prefix([], [[3]])
+def test_packing_rejects_empty_sequences_and_half_packed_inputs(checkpoint):
+    with pytest.raises(InputError, match="at least one token"):
+        pack_trie([[1, 2], []])
+    with pytest.raises(InputError, match="at least one token"):
+        pack_trie([])
     model = build_model(checkpoint, form=Form.SCAN)
-    with pytest.raises(InputError, match="pass both"):
-        capture.logits(model, np.zeros((1, 4), np.int32), max_context=64, positions=np.zeros((1, 4), np.int32))
+    with pytest.raises(InputError, match="packing"):
+        capture.logits(model, np.zeros((1, 4), np.int32), max_context=64, packing=(np.zeros((1, 4), np.int32),))
+    with pytest.raises(InputError, match="packing segments"):
+        capture.logits(model, np.zeros((1, 4), np.int32), max_context=64,
+                       packing=(np.zeros((1, 4)), np.zeros((1, 3)), np.zeros((1, 4))))
 
 
 def test_logits_at_chosen_positions_equal_the_full_logits_there(checkpoint):

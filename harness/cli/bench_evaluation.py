@@ -1,7 +1,7 @@
 """Where the evaluation path's time goes, per format: compile, steady forward, host work, shapes, padding, efficiency.
 
-For each format, `activations.collect` (4 options packed after their shared context, at most --max-shapes batch
-shapes, logits only where scored) runs twice in this process on the same questions:
+The evaluation path, `runs.options.collect_formats` (every format of a question in one trie row, at most --max-shapes
+batch shapes, logits only where scored), runs twice in this process on the same questions:
   cold: jit caches cleared and JAX's persistent compilation cache off, so every shape really compiles;
   warm: everything compiled, so forward = steady device compute and host = the rest of the batch loop.
 Efficiency (harness.runs.efficiency, the definition bench_forward.py uses too): XLA cost-analysis FLOPs of every batch of
@@ -33,7 +33,7 @@ from harness.model.sources import read_checkpoint
 from harness.prompts.formats import build_prompts
 from harness.runs import compile_cache, efficiency
 from harness.runs.batching import MAX_SHAPES
-from harness.runs.options import collect, packed_plan, prepare
+from harness.runs.options import collect_formats, pack_formats, packed_plan
 
 LAYER, NAIVE_PAD, NAIVE_BATCH = 15, 256, 8
 
@@ -53,7 +53,7 @@ def naive(model, ck, questions, fmt: str) -> float:
 def shape_flops(unrolled, n_blocks: int, rows: int, length: int, n_pred: int) -> float:
     """XLA cost-analysis FLOPs of one packed residual+logits forward of shape [rows, length], logits at n_pred rows."""
     spec = jax.ShapeDtypeStruct((rows, length), np.int32)
-    lowered = capture._resid_and_logits_jit.lower(pz.freeze_params(unrolled), spec, n_blocks, spec, spec,
+    lowered = capture._resid_and_logits_jit.lower(pz.freeze_params(unrolled), spec, n_blocks, (spec, spec, spec),
                                                   jax.ShapeDtypeStruct((rows, n_pred), np.int32))
     return efficiency.lowered_flops(lowered)
 
@@ -62,20 +62,20 @@ def synthetic_forward(model, rows: int, length: int, n_pred: int):
     """A call running the packed forward on a [rows, length] batch (one segment per row, logits at n_pred rows)."""
     tokens = np.zeros((rows, length), np.int32)
     positions = np.broadcast_to(np.arange(length, dtype=np.int32), (rows, length)).copy()
-    segments = np.zeros((rows, length), np.int32)
+    packing = (positions, np.zeros((rows, length), np.int32), np.zeros((rows, length), np.int32))
     at = np.broadcast_to(np.arange(n_pred, dtype=np.int32), (rows, n_pred)).copy()
-    return lambda: capture.residual_and_logits(model, tokens, layer=LAYER, max_context=length, positions=positions,
-                                               segments=segments, logit_positions=at)
+    return lambda: capture.residual_and_logits(model, tokens, layer=LAYER, max_context=length, packing=packing,
+                                               logit_positions=at)
 
 
-def profile_format(model, unrolled, ck, questions, fmt: str, args, flops_cache: dict) -> None:
-    kw = dict(fmt=fmt, layer=LAYER, token_budget=args.token_budget, max_shapes=args.max_shapes)
+def profile_run(model, unrolled, ck, questions, fmts, args, flops_cache: dict) -> None:
+    kw = dict(fmts=fmts, layer=LAYER, token_budget=args.token_budget, max_shapes=args.max_shapes)
     jax.clear_caches()
     with compile_cache.disabled():
-        cold = collect(model, ck, questions, **kw)
-    warm = collect(model, ck, questions, **kw)
+        cold = next(iter(collect_formats(model, ck, questions, **kw).values()))
+    warm = next(iter(collect_formats(model, ck, questions, **kw).values()))
     c, w = cold.batches, warm.batches
-    print(f"\n== {fmt}: {warm.n} questions, {w.n_batches} batches in {w.n_shapes} shapes "
+    print(f"\n== {'+'.join(fmts)} in one trie row per question: {len(questions)} questions, {w.n_batches} batches in {w.n_shapes} shapes "
           f"{[f'{r}x{n}' for r, n in w.shapes]}")
     print(f"   padding: {w.padded_tokens} padded / {w.real_tokens} real tokens = x{w.waste:.3f}")
     print(f"   cold {cold.seconds:7.2f} s = prompts {cold.seconds - c.seconds:.2f} + forward {c.forward_seconds:.2f} "
@@ -84,10 +84,11 @@ def profile_format(model, unrolled, ck, questions, fmt: str, args, flops_cache: 
     print(f"   warm {warm.seconds:7.2f} s = prompts {warm.seconds - w.seconds:.2f} + forward {w.forward_seconds:.2f} "
           f"(compiles {w.n_compiles}) + host {w.host_seconds:.2f}; {w.real_tokens / w.seconds:.0f} real tokens/s")
 
-    # FLOPs of every batch of the run, shape by shape (the plan collect used: same prompts, same arguments).
-    prompts = [p for _, p in prepare(ck.tokenizer, questions, fmt=fmt, max_len=ck.config.max_context)[0]]
-    _, plan, n_pred_at = packed_plan(prompts, max_len=ck.config.max_context, token_budget=args.token_budget,
-                                     multiple=batch_multiple(), max_shapes=args.max_shapes)
+    # FLOPs of every batch of the run, shape by shape (the plan collect_formats used: same prompts, same arguments).
+    _, _, packed = pack_formats(ck.tokenizer, questions, fmts=fmts, max_len=ck.config.max_context)
+    plan, sizes = packed_plan(packed, max_len=ck.config.max_context, token_budget=args.token_budget,
+                              multiple=batch_multiple(), max_shapes=args.max_shapes)
+    n_pred_at = {length: k for length, (k, _) in sizes.items()}
     n_blocks = capture.check_layer(model, LAYER, "pre")
     total = 0.0
     for length, rows, _ in plan:
@@ -109,11 +110,11 @@ def profile_format(model, unrolled, ck, questions, fmt: str, args, flops_cache: 
                          d_ffn=cfg.d_ffn)
     print(f"   efficiency, busiest shape {rows}x{length} alone (best of {args.repeats}): {seconds:.3f} s: {one.summary()}")
     if args.naive:
-        fitting = tuple(q for q in questions if build_prompts(ck.tokenizer, q, fmt, max_len=10**6).max_len <= NAIVE_PAD)
-        naive(model, ck, fitting[:2], fmt)
-        t_naive = naive(model, ck, fitting, fmt)
-        print(f"   naive (4 x 256-padded, full logits) on the {len(fitting)} that fit: {t_naive:.2f} s "
-              f"vs warm {warm.seconds:.2f} s")
+        for fmt in fmts:
+            fitting = tuple(q for q in questions if build_prompts(ck.tokenizer, q, fmt, max_len=10**6).max_len <= NAIVE_PAD)
+            naive(model, ck, fitting[:2], fmt)
+            print(f"   naive {fmt} (4 x 256-padded, full logits) on the {len(fitting)} that fit: "
+                  f"{naive(model, ck, fitting, fmt):.2f} s")
 
 
 def main(argv=None, *, prog: str | None = None) -> int:
@@ -134,8 +135,7 @@ def main(argv=None, *, prog: str | None = None) -> int:
     print(f"{len(questions)} questions ({half} MMLU + {args.questions - half} control), layer {LAYER}, "
           f"max {args.max_shapes} shapes, token budget {args.token_budget}, {jax.devices()[0].platform}")
     flops_cache: dict = {}
-    for fmt in args.formats:
-        profile_format(model, unrolled, ck, tuple(questions), fmt, args, flops_cache)
+    profile_run(model, unrolled, ck, tuple(questions), tuple(args.formats), args, flops_cache)
     return 0
 
 

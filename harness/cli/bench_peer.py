@@ -5,15 +5,17 @@ letter, text and cloze formats by both, each in its own fresh process started fr
   lm-eval (optional extra `[peer]`: pip install -e '.[peer]'), model "hf" = transformers on CPU reading the same
     GGUF (float32), --apply_chat_template, one task per format whose prompts equal this harness's (BRIEF §7):
     letter gen_prefix "Answer: (" + target_delimiter "", text gen_prefix "Answer:" + " ", cloze the question alone;
-  this harness: read_checkpoint + build_model (true scan) + activations.collect per format (packed shared prefix).
-Prints each side's wall time (process start to exit) with its phases, the ratio, the padded tokens each ran
+  this harness, cold: read_checkpoint + build_model (true scan) + runs.options.collect_formats (the three formats of a
+    question in one trie row), empty activation and compile caches;
+  this harness, warm: a second fresh process with the caches the cold one left (no model runs, nothing compiles).
+Prints each run's wall time (process start to exit) with its phases, the ratios, the padded tokens each ran
 (lm-eval: counted at its model call), how many sequences' texts are identical, and per-question pick agreement
 (argmax of summed log-prob; acc_norm, log-prob / len(choice), for text and cloze).
 
     claims-harness bench-peer [--per-subject 3] [--subjects N] [--batch-size 16] [--compile-cache DIR]
 
---compile-cache DIR gives this harness JAX's persistent compilation cache in DIR (a warm rerun compiles nothing);
-without it every compile is real (cold).
+--compile-cache DIR gives the cold run a persistent compilation cache that may already hold its compiles (a second
+machine-level run); without it the cold run starts from an empty one, so every compile is real.
 """
 
 from __future__ import annotations
@@ -122,44 +124,71 @@ def run_lm_eval(args, out: pathlib.Path) -> None:
 
 
 def run_harness(args, out: pathlib.Path) -> None:
-    """Child process: this harness on the same questions; same report as run_lm_eval."""
+    """Child process: this harness on the same questions, all three formats in one run; same report as run_lm_eval.
+
+    With --cache DIR the run's arrays (log-probs and the texts it scored) go through the content-addressed activation
+    cache, keyed by the GGUF's SHA-256, the harness code and the questions: a warm rerun reads them and runs no model.
+    """
     start = time.perf_counter()
-    from harness.model.forms import Form, build_model
-    from harness.model.sources import read_checkpoint
-    from harness.prompts.formats import context_text, continuations
+    import numpy as np
+
+    from harness.model.sources import default_gguf_path
     from harness.runs import compile_cache
-    from harness.runs.options import collect
+    from harness.runs.cache import ActivationCache, code_version, digest_file
 
     if args.compile_cache:
         compile_cache.enable(args.compile_cache)
     questions = pick_questions(args.per_subject, args.subjects)
-    checkpoint = read_checkpoint(args.gguf)
-    model = build_model(checkpoint, form=Form.SCAN)
-    loaded = time.perf_counter()
-    report = {"padded_tokens": 0, "phases": {"start-up (imports, model load)": loaded - start}, "formats": {}}
-    for fmt in FORMATS:
-        run = collect(model, checkpoint, questions, fmt=fmt, layer=checkpoint.config.n_layers // 2)
-        if run.skipped:
-            raise SystemExit(f"harness: {len(run.skipped)} {fmt} questions skipped (too long): {run.skipped[0]}")
-        b = run.batches
-        report["padded_tokens"] += run.padded_tokens
-        report["phases"][f"{fmt} ({b.n_shapes} shapes, compile {b.compile_seconds:.1f}s, {b.cache_hits} cached)"] = run.seconds
+    gguf = pathlib.Path(args.gguf) if args.gguf else default_gguf_path()
+    phases: dict[str, float] = {}
+
+    def compute() -> dict:
+        from harness.model.forms import Form, build_model
+        from harness.model.sources import read_checkpoint
+        from harness.prompts.formats import context_text, continuations
+        from harness.runs.options import collect_formats
+
+        checkpoint = read_checkpoint(str(gguf))
+        model = build_model(checkpoint, form=Form.SCAN)
+        phases["start-up (imports, model load)"] = time.perf_counter() - start
+        runs = collect_formats(model, checkpoint, questions, fmts=FORMATS, layer=checkpoint.config.n_layers // 2)
+        for fmt, run in runs.items():
+            if run.skipped:
+                raise SystemExit(f"harness: {len(run.skipped)} {fmt} questions skipped (too long): {run.skipped[0]}")
+        b = runs[FORMATS[0]].batches
+        phases[f"3 formats fused ({b.n_shapes} shapes, compile {b.compile_seconds:.1f}s, {b.cache_hits} cached)"] = b.seconds
         tok = checkpoint.tokenizer
-        report["formats"][fmt] = {
-            "picks": picks(run.logprob, [q.choices for q in run.questions]),
-            "texts": [[context_text(tok, q, fmt) + c for c in continuations(q, fmt)] for q in run.questions],
-        }
+        arrays = {"padded_tokens": np.array(b.padded_tokens)}
+        for fmt, run in runs.items():
+            arrays[f"{fmt}_logprob"] = run.logprob
+            arrays[f"{fmt}_texts"] = np.array([[context_text(tok, q, fmt) + c for c in continuations(q, fmt)]
+                                               for q in run.questions])
+        return arrays
+
+    if args.cache:
+        key = {"computation": "bench_peer", "weights": digest_file(gguf), "code": code_version(), "formats": FORMATS,
+               "questions": [q.qid for q in questions]}
+        arrays = ActivationCache(directory=args.cache).get_or_compute(key, compute)
+    else:
+        arrays = compute()
+    if not phases:
+        phases["start-up + read from the activation cache (no model run)"] = time.perf_counter() - start
+    report = {"padded_tokens": int(arrays["padded_tokens"]), "phases": phases, "formats": {}}
+    for fmt in FORMATS:
+        report["formats"][fmt] = {"picks": picks(arrays[f"{fmt}_logprob"], [q.choices for q in questions]),
+                                  "texts": arrays[f"{fmt}_texts"].tolist()}
     out.write_text(json.dumps(report))
 
 
 # ----------------------------------------------------------------------------------------------- the parent
-def _child(side: str, args, work: pathlib.Path) -> tuple[dict, float]:
-    out = work / f"{side}.json"
+def _child(side: str, args, work: pathlib.Path, name: str | None = None) -> tuple[dict, float]:
+    out = work / f"{name or side}.json"
     cmd = [sys.executable, "-m", "harness.cli.bench_peer", "--side", side, "--out", str(out),
            "--data", str(work / "questions.jsonl"),
            "--per-subject", str(args.per_subject), "--batch-size", str(args.batch_size)]
     cmd += ["--subjects", str(args.subjects)] if args.subjects else []
     cmd += ["--compile-cache", args.compile_cache] if args.compile_cache else []
+    cmd += ["--cache", args.cache] if args.cache else []
     cmd += ["--gguf", args.gguf] if args.gguf else []
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                         "HF_DATASETS_CACHE": str(work / "datasets"), "TOKENIZERS_PARALLELISM": "false"}
@@ -182,6 +211,7 @@ def main(argv=None, *, prog: str | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="show the two runs' own output")
     parser.add_argument("--side", choices=["lm-eval", "harness"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.side == "lm-eval":
@@ -205,22 +235,30 @@ def main(argv=None, *, prog: str | None = None) -> int:
         print(f"{len(questions)} questions (first {args.per_subject} of {n_subjects} MMLU subjects) x letter, text, "
               f"cloze = {4 * 3 * len(questions)} option sequences; same GGUF, CPU; cold processes, one after the other")
         peer, peer_wall = _child("lm-eval", args, work)
-        ours, our_wall = _child("harness", args, work)
-    print(f"\n{'':<34} {'wall s':>8} {'padded tokens':>14}")
-    for name, rep, wall in ((f"lm-eval {peer['version']} (batch {args.batch_size})", peer, peer_wall),
-                            ("this harness", ours, our_wall)):
-        print(f"{name:<34} {wall:>8.1f} {rep['padded_tokens']:>14}")
+        # The harness twice, in fresh processes: cold (empty activation cache; compile cache as given, else empty),
+        # then warm (both caches as the cold run left them).
+        ours_args = argparse.Namespace(**{**vars(args), "cache": str(work / "activations"),
+                                          "compile_cache": args.compile_cache or str(work / "jax-compile-cache")})
+        cold, cold_wall = _child("harness", ours_args, work, "harness-cold")
+        warm, warm_wall = _child("harness", ours_args, work, "harness-warm")
+    print(f"\n{'':<34} {'wall s':>8} {'padded tokens':>14} {'lm-eval / this':>15}")
+    rows = ((f"lm-eval {peer['version']} (batch {args.batch_size})", peer, peer_wall),
+            ("this harness, cold", cold, cold_wall), ("this harness, warm caches", warm, warm_wall))
+    for name, rep, wall in rows:
+        print(f"{name:<34} {wall:>8.1f} {rep['padded_tokens']:>14} {peer_wall / wall:>14.2f}x")
         for phase, seconds in rep["phases"].items():
             print(f"    {phase:<60} {seconds:>7.1f}")
-    print(f"speed-up (lm-eval wall / harness wall): {peer_wall / our_wall:.2f}x   "
-          f"(compile cache: {args.compile_cache or 'off, every compile real'})")
+    print(f"speed-up cold: {peer_wall / cold_wall:.2f}x (compile cache "
+          f"{'given: ' + args.compile_cache if args.compile_cache else 'empty: every compile real'}); "
+          f"warm: {peer_wall / warm_wall:.2f}x")
     for fmt in FORMATS:
-        p, o = peer["formats"][fmt], ours["formats"][fmt]
+        p, o = peer["formats"][fmt], cold["formats"][fmt]
         same_text = sum(a == b for pa, oa in zip(p["texts"], o["texts"]) for a, b in zip(pa, oa))
         line = [f"{fmt:<7} identical sequence texts {same_text}/{4 * len(o['texts'])}"]
         for metric in ("acc",) + (("acc_norm",) if fmt != "letter" else ()):
             agree = sum(a == b for a, b in zip(p["picks"][metric], o["picks"][metric]))
             line.append(f"picks agree ({metric}) {agree}/{len(o['picks'][metric])}")
+        line.append("warm = cold" if warm["formats"][fmt] == o else "WARM DIFFERS FROM COLD")
         print(";  ".join(line))
     return 0
 

@@ -25,7 +25,8 @@ Where = Literal["pre", "post"]
 # Axis names of token inputs and of the activations returned here, in this order.
 BATCH, SEQ, EMBEDDING, VOCAB = "batch", "seq", "embedding", "vocabulary"
 KV_SEQ = "kv_seq"  # penzai's key axis in attention logits
-SEGMENTS = "token_segments"  # side input of a packed batch: 0 shared prefix, k > 0 continuation k, -1 padding
+SEGMENTS = "token_segments"  # side input of a packed batch: the token's trie segment (depth-first order), -1 padding
+SEGMENT_ENDS = "token_segment_ends"  # side input: the last segment id in that segment's subtree (its descendants)
 
 
 def _parts(model: model_parts.TransformerLM):
@@ -85,22 +86,24 @@ def _named_tokens(tokens) -> pz.nx.NamedArray:
 
 @pz.pytree_dataclass
 class ApplySegmentCausalMask(pz.nn.Layer):
-    """Causal mask for packed sequences: a token attends to earlier tokens of its own segment and of
-    the shared prefix (segment 0); padding (segment -1) is never attended to.
+    """Causal mask for packed sequences laid out as a token trie (`harness.runs.packing.pack_trie`): a token attends to
+    the earlier tokens of its own segment and of its segment's ancestors; padding (segment -1) is never attended to.
 
-    Replaces penzai's position-based causal mask when several continuations share one prefix and
-    therefore share positions (`packing.pack_shared_prefix`).
+    Segments are numbered depth-first, so segment s is an ancestor of segment q exactly when s <= q <= end(s), where
+    end(s) is the last segment of s's subtree. Replaces penzai's position-based causal mask: tokens of different
+    branches share positions.
     """
 
     masked_out_value: jax.typing.ArrayLike
     window: int | None = dataclasses.field(default=None, metadata={"pytree_node": False})
 
     def __call__(self, x: pz.nx.NamedArray, **side_inputs) -> pz.nx.NamedArray:
-        segments, positions = side_inputs[SEGMENTS], side_inputs["token_positions"]
+        segments, ends, positions = side_inputs[SEGMENTS], side_inputs[SEGMENT_ENDS], side_inputs["token_positions"]
         n = segments.named_shape[SEQ]
-        k_segments = segments.untag(SEQ).tag(KV_SEQ)
+        k_segments, k_ends = segments.untag(SEQ).tag(KV_SEQ), ends.untag(SEQ).tag(KV_SEQ)
+        q_segments = pz.nx.nmap(jnp.maximum)(segments, 0)   # a padding query reads the root (its output is unused)
         mask = (pz.nx.arange(KV_SEQ, n) <= pz.nx.arange(SEQ, n)) & (k_segments >= 0)
-        mask = mask & ((k_segments == 0) | (k_segments == segments))
+        mask = mask & (k_segments <= q_segments) & (q_segments <= k_ends)
         if self.window is not None:
             mask = mask & (positions - positions.untag(SEQ).tag(KV_SEQ) < self.window)
         return pz.nx.nmap(jnp.where)(mask, x, self.masked_out_value)
@@ -115,12 +118,12 @@ def _segment_masked(model):
     )
 
 
-def _side_inputs(tokens, positions, segments) -> dict:
-    if positions is None:
+def _side_inputs(tokens, packing) -> dict:
+    """penzai side inputs: positions 0.. for a plain batch; a packed batch's (positions, segments, segment ends)."""
+    if packing is None:
         return {"token_positions": pz.nx.arange(SEQ, tokens.shape[1])}
-    side = {"token_positions": pz.nx.wrap(jnp.asarray(positions, jnp.int32)).tag(BATCH, SEQ)}
-    side[SEGMENTS] = pz.nx.wrap(jnp.asarray(segments, jnp.int32)).tag(BATCH, SEQ)
-    return side
+    return {name: pz.nx.wrap(jnp.asarray(a, jnp.int32)).tag(BATCH, SEQ)
+            for name, a in zip(("token_positions", SEGMENTS, SEGMENT_ENDS), packing)}
 
 
 def _residual(model, tokens, n_blocks: int, side: dict):
@@ -144,66 +147,76 @@ def _logits_from(model, resid, start_block: int, side: dict, at=None):
     return x
 
 
-def _prepared(model, tokens, positions, segments):
-    side = _side_inputs(tokens, positions, segments)
-    return (model if positions is None else _segment_masked(model)), side
+def _prepared(model, tokens, packing):
+    return (model if packing is None else _segment_masked(model)), _side_inputs(tokens, packing)
 
 
 @jax.jit
-def _logits(model, tokens, positions=None, segments=None):
-    return _residual_and_logits(model, tokens, 0, positions, segments)[1].unwrap(BATCH, SEQ, VOCAB)
+def _logits(model, tokens, packing=None):
+    return _residual_and_logits(model, tokens, 0, packing)[1].unwrap(BATCH, SEQ, VOCAB)
 
 
 @functools.partial(jax.jit, static_argnames="n_blocks")
-def _resid_only(model, tokens, n_blocks, positions=None, segments=None):
-    model, side = _prepared(model, tokens, positions, segments)
+def _resid_only(model, tokens, n_blocks, packing=None):
+    model, side = _prepared(model, tokens, packing)
     return _residual(model, tokens, n_blocks, side).unwrap(BATCH, SEQ, EMBEDDING)
 
 
 @functools.partial(jax.jit, static_argnames="n_blocks")
-def _resid_and_logits_jit(model, tokens, n_blocks, positions=None, segments=None, at=None):
-    resid, logits = _residual_and_logits(model, tokens, n_blocks, positions, segments, at)
+def _resid_and_logits_jit(model, tokens, n_blocks, packing=None, at=None):
+    resid, logits = _residual_and_logits(model, tokens, n_blocks, packing, at)
     return resid.unwrap(BATCH, SEQ, EMBEDDING), logits.unwrap(BATCH, SEQ, VOCAB)
 
 
-def _residual_and_logits(model, tokens, n_blocks, positions, segments, at=None):
-    model, side = _prepared(model, tokens, positions, segments)
+def _residual_and_logits(model, tokens, n_blocks, packing, at=None):
+    model, side = _prepared(model, tokens, packing)
     resid = _residual(model, tokens, n_blocks, side)
     if at is not None:
         at = pz.nx.wrap(jnp.asarray(at, jnp.int32)).tag(BATCH, SEQ)
     return resid, _logits_from(model, resid, n_blocks, side, at)
 
 
-def _check_packing(tokens, positions, segments):
-    """Packed inputs come as a pair of integer arrays shaped like the tokens, or not at all."""
-    if (positions is None) != (segments is None):
-        raise InputError("positions and segments: pass both (a packed batch) or neither")
-    for name, arr in (("positions", positions), ("segments", segments)):
-        if arr is not None and np.shape(arr) != tokens.shape:
-            raise InputError(f"{name}: expected shape {tokens.shape} like the tokens, got {np.shape(arr)}")
+def _packing(tokens, packing):
+    """A packed batch's (positions, segments, segment ends) as [batch, seq] int arrays shaped like the tokens, or None."""
+    if packing is None:
+        return None
+    arrays = tuple(np.asarray(a) for a in packing)
+    if len(arrays) != 3:
+        raise InputError("packing: expected (positions, segments, segment_ends), e.g. runs.packing.stack_rows's output")
+    for name, arr in zip(("positions", "segments", "segment_ends"), arrays):
+        if arr.shape != tokens.shape:
+            raise InputError(f"packing {name}: expected shape {tokens.shape} like the tokens, got {arr.shape}")
+    return arrays
 
 
-def logits(model, tokens: np.ndarray, *, max_context: int, positions=None, segments=None) -> jax.Array:
+def _shard(tokens, packing, *more):
+    """shard_batch over the tokens, the packing arrays (if any) and `more`, keeping the packing a tuple."""
+    n = 0 if packing is None else len(packing)
+    out = shard_batch(tokens, *(packing or ()), *more)
+    return (out[0], tuple(out[1 : 1 + n]) if n else None, *out[1 + n :])
+
+
+def logits(model, tokens: np.ndarray, *, max_context: int, packing=None) -> jax.Array:
     """Logits [batch, seq, vocabulary] of a full forward (jit-compiled, params frozen).
 
-    `positions`/`segments` ([batch, seq] ints) run a packed batch: see ApplySegmentCausalMask.
+    `packing` = (positions, segments, segment_ends), [batch, seq] ints each, runs a packed batch (ApplySegmentCausalMask).
     """
     tokens = np.asarray(tokens)
     check_tokens(tokens, max_context)
-    _check_packing(tokens, positions, segments)
-    return _logits(pz.freeze_params(model), *shard_batch(tokens, positions, segments))
+    tokens, packing = _shard(tokens, _packing(tokens, packing))
+    return _logits(pz.freeze_params(model), tokens, packing)
 
 
 def residual(
-    model, tokens: np.ndarray, *, layer: int, where: Where = "pre", max_context: int, positions=None, segments=None
+    model, tokens: np.ndarray, *, layer: int, where: Where = "pre", max_context: int, packing=None
 ) -> jax.Array:
     """Residual stream [batch, seq, embedding] at `layer`; the forward stops there."""
     tokens = np.asarray(tokens)
     check_tokens(tokens, max_context)
-    _check_packing(tokens, positions, segments)
+    packing = _packing(tokens, packing)
     n_blocks = check_layer(model, layer, where)
-    tokens, positions, segments = shard_batch(tokens, positions, segments)
-    return _resid_only(pz.freeze_params(model), tokens, n_blocks, positions, segments)
+    tokens, packing = _shard(tokens, packing)
+    return _resid_only(pz.freeze_params(model), tokens, n_blocks, packing)
 
 
 def residual_and_logits(
@@ -213,8 +226,7 @@ def residual_and_logits(
     layer: int,
     where: Where = "pre",
     max_context: int,
-    positions=None,
-    segments=None,
+    packing=None,
     logit_positions=None,
 ) -> tuple[jax.Array, jax.Array]:
     """(residual [batch, seq, embedding] at `layer`, logits [batch, seq, vocabulary]) in one forward.
@@ -224,7 +236,7 @@ def residual_and_logits(
     """
     tokens = np.asarray(tokens)
     check_tokens(tokens, max_context)
-    _check_packing(tokens, positions, segments)
+    packing = _packing(tokens, packing)
     if logit_positions is not None:
         logit_positions = np.asarray(logit_positions)
         if logit_positions.ndim != 2 or logit_positions.shape[0] != tokens.shape[0]:
@@ -232,13 +244,13 @@ def residual_and_logits(
         if logit_positions.size and not 0 <= logit_positions.min() <= logit_positions.max() < tokens.shape[1]:
             raise InputError(f"logit_positions: indices must lie in 0..{tokens.shape[1] - 1}")
     n_blocks = check_layer(model, layer, where)
-    tokens, positions, segments, logit_positions = shard_batch(tokens, positions, segments, logit_positions)
-    return _resid_and_logits_jit(pz.freeze_params(model), tokens, n_blocks, positions, segments, logit_positions)
+    tokens, packing, logit_positions = _shard(tokens, packing, logit_positions)
+    return _resid_and_logits_jit(pz.freeze_params(model), tokens, n_blocks, packing, logit_positions)
 
 
 @functools.partial(jax.jit, static_argnames="start_block")
 def _logits_from_jit(model, resid, start_block):
-    side = _side_inputs(resid, None, None)
+    side = _side_inputs(resid, None)
     return _logits_from(model, pz.nx.wrap(resid).tag(BATCH, SEQ, EMBEDDING), start_block, side).unwrap(BATCH, SEQ, VOCAB)
 
 

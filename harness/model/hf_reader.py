@@ -11,16 +11,14 @@ import pathlib
 import warnings
 from typing import Any
 
-import ml_dtypes  # noqa: F401 — registers 'bfloat16' with numpy, so safetensors can return bf16 tensors
 import numpy as np
-import safetensors
 import tokenizers
 
 from harness.errors import InputError
 from harness.model.config import Checkpoint, ModelConfig, check_weights
 from harness.model.tokenizer import ChatTokenizer
 from harness.validation import (FiniteFloat, NonNegativeInt, PositiveFloat, PositiveInt, Schema, StrictBool, StrictStr,
-                                file_error, read_json_object, read_text, short_repr, validate)
+                                read_json_object, read_safetensors, read_text, short_repr, validate)
 
 CONFIG_FILE = "config.json"
 SINGLE_WEIGHTS_FILE = "model.safetensors"
@@ -34,8 +32,80 @@ _ROPE_THETA_DEFAULT = 10000.0
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
+# ---------------------------------------------------------------------------------------------- config.json keys
+# As penzai's converters do (llama_from_huggingface_model refuses every config attribute that differs from the
+# defaults it supports), each key of config.json is in one of three lists and any other key is refused: a key that a
+# new transformers release or a new variant adds may change the maths, so it is never skipped silently.
+
+# (a) Read by the builder: each becomes (part of) a ModelConfig field, typed and ranged by HFConfig.
+USED_KEYS = frozenset({
+    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+    "intermediate_size", "vocab_size", "rms_norm_eps", "max_position_embeddings", "rope_theta", "rope_parameters",
+    "tie_word_embeddings", "sliding_window",  # sliding_window: Phi-3's attention window; null for llama
+})
+
+# (b) Provably no effect on the forward maths: names, bookkeeping, training-only and generation-only settings.
+# Any value is accepted (the token ids alone are still checked to be ids inside vocab_size); the ones present are
+# listed in Checkpoint.ignored_fields.
+NO_EFFECT_KEYS: dict[str, str] = {
+    "architectures": "the transformers class name; model_type chooses the maths",
+    "_name_or_path": "where the checkpoint was saved from",
+    "_attn_implementation_autoset": "transformers bookkeeping of which attention kernel it picked",
+    "transformers_version": "the library version that wrote the file",
+    "auto_map": "remote-code class names; no remote code is run here",
+    "torch_dtype": "the dtype the weights were saved in; the safetensors header gives it and the reader casts",
+    "dtype": "transformers 5 name of torch_dtype",
+    "use_cache": "the generation KV-cache switch",
+    "initializer_range": "random initialisation only",
+    "attention_dropout": "dropout acts only in training (any value)",
+    "resid_pdrop": "dropout acts only in training (any value)",
+    "embd_pdrop": "dropout acts only in training (any value)",
+    "bos_token_id": "generation ids; the tokenizer files give BOS/EOS",
+    "eos_token_id": "generation ids; the tokenizer files give BOS/EOS",
+    "pad_token_id": "padding id; nothing is padded inside a forward pass here",
+    "is_llama_config": "nanotron's marker (SmolLM2 files)",
+    "transformers.js_config": "transformers.js runtime hints (ONNX kv-cache dtypes)",
+}
+_TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _exactly(expected):
+    """Equal to `expected` and of its very type (so true does not pass for 1, nor 0 for false)."""
+    return lambda value: type(value) is type(expected) and value == expected
+
+
+def _unit_factor(value) -> bool:
+    return value is None or (type(value) in (int, float) and value == 1.0)
+
+
+def _default_rope(value) -> bool:
+    return value is None or (isinstance(value, dict) and value.get("rope_type", value.get("type")) == "default")
+
+
+# (c) Settings the model code supports in one form only: the value must be that form (key → (check, what is supported)).
+SUPPORTED_VALUES: dict[str, tuple] = {
+    "hidden_act": (_exactly("silu"), "expected 'silu': the SwiGLU MLP"),
+    "attention_bias": (_exactly(False), "expected false: no attention biases"),
+    "mlp_bias": (_exactly(False), "expected false: no MLP biases"),
+    "pretraining_tp": (_exactly(1), "expected 1: unsplit projections"),
+    "rope_scaling": (_default_rope, "expected null: plain RoPE (no linear/dynamic/yarn/longrope/llama3 scaling)"),
+    "rope_interleaved": (_exactly(False), "expected false: rotate-half RoPE, as transformers runs it"),
+    "partial_rotary_factor": (_unit_factor, "expected 1.0: RoPE on the whole head"),
+    "original_max_position_embeddings": (
+        lambda v: type(v) is int and v > 0,
+        "expected a positive int: only long-context RoPE scaling reads it, and that must be off"),
+}
+# Keys of rope_parameters (transformers 5): rope_theta is read, the others must be the plain-RoPE values.
+_ROPE_PARAMETER_VALUES: dict[str, tuple] = {
+    "rope_type": (_exactly("default"), "expected 'default': plain RoPE"),
+    "rope_theta": (lambda v: True, ""),  # typed by RopeParameters
+    "partial_rotary_factor": (_unit_factor, "expected 1.0: RoPE on the whole head"),
+}
+_UNKNOWN = "this harness runs Llama/Phi-3 maths; unknown keys may change it"
+
+
 class HFConfig(Schema):
-    """config.json of a Llama / Phi-3 checkpoint: typed and ranged; keys not listed here are returned as ignored."""
+    """The config.json keys the builder reads (USED_KEYS) and the token ids, typed and ranged."""
 
     model_type: StrictStr
     hidden_size: PositiveInt
@@ -48,12 +118,7 @@ class HFConfig(Schema):
     rms_norm_eps: PositiveFloat
     max_position_embeddings: PositiveInt
     rope_theta: PositiveFloat | None = None
-    rope_scaling: dict | None = None
     rope_parameters: dict | None = None
-    partial_rotary_factor: FiniteFloat | None = None
-    hidden_act: StrictStr = "silu"
-    attention_bias: StrictBool = False
-    mlp_bias: StrictBool = False
     tie_word_embeddings: StrictBool = False
     sliding_window: PositiveInt | None = None
     bos_token_id: NonNegativeInt | None = None
@@ -65,15 +130,6 @@ class RopeParameters(Schema):
     rope_type: StrictStr = "default"
     rope_theta: PositiveFloat | None = None
     partial_rotary_factor: FiniteFloat | None = None
-_REQUIRED_FIELDS = (
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "vocab_size",
-    "rms_norm_eps",
-    "max_position_embeddings",
-)
 
 
 def read_hf_dir(path: str | os.PathLike, *, dtype=np.float32) -> Checkpoint:
@@ -81,7 +137,9 @@ def read_hf_dir(path: str | os.PathLike, *, dtype=np.float32) -> Checkpoint:
 
     Every tensor the files hold ends up in the canonical layout or raises; nothing is skipped.
     Contract: a bad file or value is one InputError line naming the file and field (config values typed and
-    ranged, weights float only); harmless unknown config keys come back in `Checkpoint.ignored_fields`.
+    ranged, weights float only). Every config.json key is one the builder reads, one that provably does not change
+    the maths (those come back in `Checkpoint.ignored_fields`) or one whose value must be the supported one; any
+    other key is refused (see USED_KEYS, NO_EFFECT_KEYS, SUPPORTED_VALUES).
     """
     directory = pathlib.Path(path)
     if not directory.is_dir():
@@ -93,7 +151,7 @@ def read_hf_dir(path: str | os.PathLike, *, dtype=np.float32) -> Checkpoint:
     weights = canonical_weights(stored, config, source=weights_source, dtype=dtype)
     check_weights(config, weights, weights_source)
     tokenizer = read_hf_tokenizer(directory, vocab_size=config.vocab_size)
-    ignored = validate(HFConfig, raw, str(directory / CONFIG_FILE)).ignored_fields()
+    ignored = ignored_config_keys(raw)
     return Checkpoint(config=config, weights=weights, tokenizer=tokenizer, source=str(directory), ignored_fields=ignored)
 
 
@@ -126,22 +184,46 @@ def hf_cache_dir() -> pathlib.Path:
     return pathlib.Path(xdg).expanduser() / "huggingface" / "hub"
 
 
+def ignored_config_keys(raw: dict[str, Any]) -> tuple[str, ...]:
+    """The keys of a config.json that provably do not change the maths (NO_EFFECT_KEYS), sorted: the report lists them."""
+    return tuple(sorted(key for key in raw if key in NO_EFFECT_KEYS))
+
+
+def _unsupported(source: str, key: str, value: Any, why: str) -> InputError:
+    if isinstance(value, dict):  # a RoPE-scaling dict shows its kind first, before the cut at 60 characters
+        value = dict(sorted(value.items(), key=lambda item: item[0] not in ("rope_type", "type")))
+    return InputError(f"{source}: key {key!r} = {short_repr(value)} is not supported ({why})")
+
+
+def check_config_keys(raw: dict[str, Any], source: str) -> None:
+    """Refuse any key outside USED_KEYS / NO_EFFECT_KEYS / SUPPORTED_VALUES, and any SUPPORTED_VALUES key that differs."""
+    known = USED_KEYS | NO_EFFECT_KEYS.keys() | SUPPORTED_VALUES.keys()
+    unknown = [key for key in raw if key not in known]
+    if unknown:
+        more = f"; {len(unknown)} unknown keys in all" if len(unknown) > 1 else ""
+        raise _unsupported(source, unknown[0], raw[unknown[0]], _UNKNOWN + more)
+    for key, (supported, why) in SUPPORTED_VALUES.items():
+        if key in raw and not supported(raw[key]):
+            raise _unsupported(source, key, raw[key], why)
+    parameters = raw.get("rope_parameters")
+    for key, value in (parameters.items() if isinstance(parameters, dict) else ()):
+        supported, why = _ROPE_PARAMETER_VALUES.get(key, (None, _UNKNOWN))
+        if supported is None or not supported(value):
+            raise _unsupported(source, f"rope_parameters.{key}", value, why)
+
+
 def model_config_from_hf(raw: dict[str, Any], *, source: str) -> ModelConfig:
-    """ModelConfig from a parsed config.json; InputError for anything the builder does not run."""
+    """ModelConfig from a parsed config.json; InputError for any key or value the builder does not run faithfully."""
     model_type = raw.get("model_type") if isinstance(raw, dict) else None
     if model_type not in ("llama", "phi3"):
         raise InputError(f"{source}: model_type {short_repr(model_type)} is not supported; expected 'llama' or 'phi3'")
-    cfg = validate(HFConfig, raw, source)
-    if cfg.hidden_act != "silu":
-        raise InputError(f"{source}: hidden_act {cfg.hidden_act!r:.60} is not supported; expected 'silu'")
-    for field in ("attention_bias", "mlp_bias"):
-        if getattr(cfg, field):
-            raise InputError(f"{source}: {field} is true; biases are not supported (expected false)")
+    check_config_keys(raw, source)
+    cfg = validate(HFConfig, {k: v for k, v in raw.items() if k in USED_KEYS or k in _TOKEN_ID_KEYS}, source)
     n_heads, d_model = cfg.num_attention_heads, cfg.hidden_size
     if cfg.head_dim is None and d_model % n_heads:
         raise InputError(f"{source}: hidden_size {d_model} is not a multiple of num_attention_heads {n_heads}")
     if model_type == "llama" and cfg.sliding_window is not None:
-        raise InputError(f"{source}: sliding_window {cfg.sliding_window!r} is not supported for llama")
+        raise _unsupported(source, "sliding_window", cfg.sliding_window, "expected null for llama: full causal attention")
     for field in ("bos_token_id", "pad_token_id"):
         if getattr(cfg, field) is not None and getattr(cfg, field) >= cfg.vocab_size:
             raise InputError(f"{source}: {field} {getattr(cfg, field)} is outside vocab_size {cfg.vocab_size}")
@@ -170,18 +252,11 @@ def model_config_from_hf(raw: dict[str, Any], *, source: str) -> ModelConfig:
 
 
 def _rope_theta(cfg: HFConfig, source: str) -> float:
-    """RoPE base from either config style (transformers 5 rope_parameters, or rope_theta/rope_scaling)."""
-    if cfg.rope_scaling is not None:
-        kind = cfg.rope_scaling.get("rope_type", cfg.rope_scaling.get("type"))
-        if kind != "default":
-            raise InputError(f"{source}: rope_scaling {kind!r:.60} is not supported; expected null (plain RoPE)")
+    """RoPE base from either config style (transformers 5 rope_parameters, or top-level rope_theta).
+
+    check_config_keys has already refused RoPE scaling and partial rotary factors; this types rope_parameters.
+    """
     params = validate(RopeParameters, cfg.rope_parameters or {}, source, prefix="rope_parameters.")
-    if params.rope_type != "default":
-        raise InputError(f"{source}: rope_parameters.rope_type {params.rope_type!r:.60} is not supported; expected 'default'")
-    for where, factor in (("partial_rotary_factor", cfg.partial_rotary_factor),
-                          ("rope_parameters.partial_rotary_factor", params.partial_rotary_factor)):
-        if factor is not None and factor != 1.0:
-            raise InputError(f"{source}: {where} {factor!r} is not supported; expected 1.0")
     if params.rope_theta is not None:
         return params.rope_theta
     if cfg.rope_theta is not None:
@@ -234,15 +309,8 @@ def _read_sharded(index_path: pathlib.Path) -> dict[str, np.ndarray]:
 
 
 def _read_safetensors_file(path: pathlib.Path) -> dict[str, np.ndarray]:
-    """Every tensor of one safetensors file as numpy (bf16 as ml_dtypes.bfloat16); errors name the file."""
-    if path.is_dir():
-        raise file_error(path, IsADirectoryError(21, "folder"), expected="a safetensors file")
-    try:
-        with safetensors.safe_open(str(path), framework="numpy") as handle:
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (safetensors.SafetensorError, OSError, ValueError, TypeError) as error:
-        reason = " ".join(str(error).split())[:200] or type(error).__name__
-        raise InputError(f"{path}: not a readable safetensors file ({reason})") from error
+    """Every tensor of one weights file, dtypes as stored (bf16 kept); a non-float tensor is refused."""
+    tensors = read_safetensors(path, expected="a safetensors weights file")
     for name, array in tensors.items():
         if array.dtype.name not in FLOAT_DTYPES:  # e.g. F32 bits relabelled I32: not weights
             raise InputError(f"{path}: tensor {name} has dtype {array.dtype.name}, expected a float dtype {FLOAT_DTYPES}")

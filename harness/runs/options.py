@@ -31,7 +31,7 @@ from harness.runs.batching import (
     run_batches,
     run_plan,
 )
-from harness.runs.packing import pack_shared_prefix, stack_rows
+from harness.runs.packing import Packed, pack_trie, stack_rows
 
 HOOKS = {"resid_pre": "pre", "resid_post": "post"}
 
@@ -130,92 +130,132 @@ def run_sequences(model, seqs: list[_Seq], *, layer: int, where: str, max_len: i
 
 
 @jax.jit
-def _gather_packed(resid, logits, score_pos, pred_idx, target_ids, target_opt):
-    """Per packed row: residuals at the 4 scored positions, and each option's summed log-prob.
+def _gather_packed(resid, logits, score_pos, pred_idx, target_ids, target_slot, probe_at, probe_ids):
+    """Per packed row: the residual at each slot's scored position, each slot's summed log-prob, the letter logits.
 
-    `logits` [batch, k, vocab] were computed at the predictor positions only; `pred_idx`, `target_ids`,
-    `target_opt` [batch, T] say which of the k logit rows predicts which token of which option (-1: padding).
+    A slot is one (format, option) sequence. `logits` [batch, k, vocab] were computed at the predictor rows only;
+    `pred_idx`, `target_ids`, `target_slot` [batch, T] say which of the k predicts which token of which slot (-1:
+    padding); `probe_ids` [batch, 4] are read from predictor `probe_at` [batch] (the end of the letter context).
     """
-    scored = jnp.take_along_axis(resid, score_pos[..., None], axis=1)                      # [batch, 4, embedding]
+    scored = jnp.take_along_axis(resid, score_pos[..., None], axis=1)                      # [batch, slot, embedding]
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)                        # [batch, k, vocab]
     picked = jnp.take_along_axis(jnp.take_along_axis(logp, pred_idx[..., None], axis=1), target_ids[..., None], axis=2)[..., 0]
-    onehot = target_opt[..., None] == jnp.arange(N_CHOICES)                               # [batch, T, 4]
-    logprob = jnp.sum(jnp.where(onehot, picked[..., None], 0.0), axis=1)                   # [batch, 4]
-    return scored.astype(jnp.float32), logprob
+    onehot = target_slot[..., None] == jnp.arange(score_pos.shape[1])                     # [batch, T, slot]
+    logprob = jnp.sum(jnp.where(onehot, picked[..., None], 0.0), axis=1)                   # [batch, slot]
+    before = jnp.take_along_axis(logits, probe_at[:, None, None], axis=1)[:, 0]            # [batch, vocab]
+    probe = jnp.take_along_axis(before, probe_ids, axis=1)                                 # [batch, 4]
+    return scored.astype(jnp.float32), logprob, probe.astype(jnp.float32)
 
 
-def packed_plan(prompts: Sequence[QuestionPrompts], *, max_len: int, token_budget: int, multiple: int = 1,
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PackedQuestion:
+    """One question's sequences of every format run, packed as one trie row, and where each result is read.
+
+    Slot f * 4 + o is option o in the f-th format of the run; a format the question was skipped in has no slot entries.
+    """
+
+    row: Packed
+    score_pos: np.ndarray     # [slot] row index of each slot's last token (0 where the slot is not run)
+    pred_rows: np.ndarray     # [k] the distinct rows whose logits predict a scored token
+    pred_idx: np.ndarray      # [T] for each scored token: its predictor's index into pred_rows
+    target_ids: np.ndarray    # [T] the token
+    target_slot: np.ndarray   # [T] its slot
+    probe_at: int             # index into pred_rows of the letter context's end (0: no letter probe)
+    probe_ids: tuple[int, ...]   # the 4 letter ids read there, or ()
+
+
+def pack_question(prompts: Sequence[QuestionPrompts | None]) -> PackedQuestion:
+    """Pack one question's prompts (one per format of the run, None where skipped) into one trie row."""
+    seqs, slots, starts = [], [], []
+    for f, p in enumerate(prompts):
+        for o, option in enumerate(p.options if p is not None else ()):
+            seqs.append(option.ids)
+            slots.append(f * N_CHOICES + o)
+            starts.append(option.cont_start)
+    row = pack_trie(seqs)
+    score_pos = np.zeros(len(prompts) * N_CHOICES, np.int32)
+    preds, targets, target_slot = [], [], []
+    for i, (slot, start) in enumerate(zip(slots, starts)):
+        score_pos[slot] = row.paths[i][-1]
+        preds.append(row.predictors(i, start))
+        targets.append(np.asarray(seqs[i][start:], np.int32))
+        target_slot += [slot] * (len(seqs[i]) - start)
+    pred_rows, pred_idx = np.unique(np.concatenate(preds), return_inverse=True)
+    probe_at, probe_ids = 0, ()
+    for f, p in enumerate(prompts):
+        if p is not None and p.fmt == "letter" and (ids := letter_probe(p)) is not None:
+            i = slots.index(f * N_CHOICES)
+            probe_at, probe_ids = int(np.searchsorted(pred_rows, row.paths[i][starts[i] - 1])), ids
+    return PackedQuestion(row=row, score_pos=score_pos, pred_rows=pred_rows.astype(np.int32),
+                          pred_idx=pred_idx.astype(np.int32), target_ids=np.concatenate(targets),
+                          target_slot=np.array(target_slot, np.int32), probe_at=probe_at, probe_ids=probe_ids)
+
+
+def packed_plan(packed: Sequence[PackedQuestion], *, max_len: int, token_budget: int, multiple: int = 1,
                 max_shapes: int = MAX_SHAPES):
-    """(packed rows, plan_batches plan over them, predictor count per padded length) of run_packed.
+    """(plan_batches plan over the packed rows, {padded length: (predictors, scored tokens) per row}).
 
-    The predictor count (logit positions per row) is the most any row of that length needs, so that it adds no
-    compiled shapes beyond the plan's (rows, length) pairs; unused predictor slots are masked out.
+    The per-row predictor and scored-token counts are the most any row of that length needs, so that they add no
+    compiled shapes beyond the plan's (rows, length) pairs; unused slots are masked out.
     """
-    rows = [pack_shared_prefix(p.options[0].ids[: p.options[0].cont_start], [o.ids[o.cont_start :] for o in p.options])
-            for p in prompts]
-    # A packed row holds one prefix and 4 continuations, each option within max_len: at most 4 * max_len tokens.
-    plan = plan_batches([len(r.ids) for r in rows], max_len=N_CHOICES * max_len, batch_size=token_budget,
+    # A row holds at most 12 sequences (3 formats x 4 options), each within max_len.
+    plan = plan_batches([len(q.row.ids) for q in packed], max_len=3 * N_CHOICES * max_len, batch_size=token_budget,
                         token_budget=token_budget, multiple=multiple, max_shapes=max_shapes)
-    n_pred_at: dict[int, int] = {}
+    sizes: dict[int, tuple[int, int]] = {}
     for length, _, members in plan:
-        n_pred_at[length] = max(n_pred_at.get(length, 1), *(sum(rows[i].lengths) for i in members))
-    return rows, plan, n_pred_at
+        k, n_t = sizes.get(length, (1, 1))
+        sizes[length] = (max(k, *(len(packed[i].pred_rows) for i in members)),
+                         max(n_t, *(len(packed[i].target_ids) for i in members)))
+    return plan, sizes
 
 
-def run_packed(model, prompts: list[QuestionPrompts], *, layer: int, where: str, max_len: int, token_budget: int,
-               d_model: int, progress: ProgressFn | None, desc: str, max_shapes: int = MAX_SHAPES):
-    """The packed path: each question's 4 continuations after one shared context in one row (see harness.runs.packing).
+def run_packed(model, packed: Sequence[PackedQuestion], *, n_slots: int, layer: int, where: str, max_len: int,
+               token_budget: int, d_model: int, progress: ProgressFn | None, desc: str, max_shapes: int = MAX_SHAPES):
+    """The packed path: one trie row per question (see pack_question), through run_plan.
 
-    Returns (resid [q, 4, embedding], logprob [q, 4], letter logits [q, 4] or NaN, BatchStats).
+    Returns (resid [q, slot, embedding], logprob [q, slot], letter logits [q, 4] (NaN: none read), BatchStats).
     """
-    nq = len(prompts)
-    rows, plan, n_pred_at = packed_plan(prompts, max_len=max_len, token_budget=token_budget, multiple=batch_multiple(),
-                                        max_shapes=max_shapes)
-    resid = np.zeros((nq, N_CHOICES, d_model), np.float32)
-    logprob = np.zeros((nq, N_CHOICES), np.float64)
+    nq = len(packed)
+    plan, sizes = packed_plan(packed, max_len=max_len, token_budget=token_budget, multiple=batch_multiple(),
+                              max_shapes=max_shapes)
+    resid = np.zeros((nq, n_slots, d_model), np.float32)
+    logprob = np.zeros((nq, n_slots), np.float64)
     probe = np.full((nq, N_CHOICES), np.nan, np.float32)
 
     def build(members, n_rows: int, length: int) -> dict:
-        ids, positions, segments = stack_rows([rows[i] for i in members], length, pad_id=PAD_ID)
-        ids, positions, segments = (np.concatenate([a, np.repeat(a[-1:], n_rows - len(members), 0)])
-                                    for a in (ids, positions, segments))
-        n_pred = n_pred_at[length]
-        pred_pos = np.zeros((n_rows, n_pred), np.int32)   # row index (in the packed row) of each predictor
-        target_ids = np.zeros((n_rows, n_pred), np.int32)
-        target_opt = np.full((n_rows, n_pred), -1, np.int32)
-        score_pos = np.zeros((n_rows, N_CHOICES), np.int32)
+        ids, packing = stack_rows([packed[i].row for i in members], length, n_rows=n_rows, pad_id=PAD_ID)
+        k, n_t = sizes[length]
+        pred_pos = np.zeros((n_rows, k), np.int32)
+        pred_idx, target_ids = np.zeros((n_rows, n_t), np.int32), np.zeros((n_rows, n_t), np.int32)
+        target_slot = np.full((n_rows, n_t), -1, np.int32)
+        score_pos = np.zeros((n_rows, n_slots), np.int32)
+        probe_at, probe_ids = np.zeros(n_rows, np.int32), np.zeros((n_rows, N_CHOICES), np.int32)
         for r, i in enumerate(members):
-            row, k = rows[i], 0
-            score_pos[r] = row.last
-            for o in range(N_CHOICES):
-                pred, tgt = row.predictors(o), row.targets(o)
-                pred_pos[r, k : k + len(pred)], target_ids[r, k : k + len(pred)], target_opt[r, k : k + len(pred)] = pred, tgt, o
-                k += len(pred)
-        pred_idx = np.broadcast_to(np.arange(n_pred, dtype=np.int32), (n_rows, n_pred))
-        return dict(members=members, ids=ids, length=length, positions=positions, segments=segments,
-                    pred_pos=pred_pos, gather=(score_pos, pred_idx, target_ids, target_opt))
+            q = packed[i]
+            pred_pos[r, : len(q.pred_rows)] = q.pred_rows
+            n = len(q.target_ids)
+            pred_idx[r, :n], target_ids[r, :n], target_slot[r, :n] = q.pred_idx, q.target_ids, q.target_slot
+            score_pos[r], probe_at[r] = q.score_pos, q.probe_at
+            if q.probe_ids:
+                probe_ids[r] = q.probe_ids
+        return dict(members=members, ids=ids, length=length, packing=packing, pred_pos=pred_pos,
+                    gather=(score_pos, pred_idx, target_ids, target_slot, probe_at, probe_ids))
 
     def forward(b: dict):
-        # Every position is within the context (build_prompts checked each option); the packed row may be longer.
+        # Every position is within the context (build_prompts checked each sequence); the packed row may be longer.
         r_all, logits = capture.residual_and_logits(model, b["ids"], layer=layer, where=where, max_context=b["length"],
-                                                    positions=b["positions"], segments=b["segments"],
-                                                    logit_positions=b["pred_pos"])
-        return logits, _gather_packed(r_all, logits, *b["gather"])
+                                                    packing=b["packing"], logit_positions=b["pred_pos"])
+        return _gather_packed(r_all, logits, *b["gather"])
 
-    def take(b: dict, out) -> None:
-        logits, got = out
+    def take(b: dict, got) -> None:
         members, k = b["members"], len(b["members"])
-        got_resid, got_logprob = (np.asarray(g) for g in got)
+        got_resid, got_logprob, got_probe = (np.asarray(g) for g in got)
         resid[members], logprob[members] = got_resid[:k], got_logprob[:k]
-        # The letter logits are read at the end of the shared context: every option's first predictor.
-        first = np.asarray(logits)[:k, 0]                                                   # [k, vocab]
-        for r, i in enumerate(members):
-            if prompts[i].fmt == "letter":
-                ids = letter_probe(prompts[i])
-                probe[i] = first[r, list(ids)] if ids is not None else got_logprob[r]
+        read = np.array([bool(packed[i].probe_ids) for i in members])
+        probe[np.asarray(members)[read]] = got_probe[:k][read]
 
-    stats = run_plan(plan, [len(r.ids) for r in rows], build=build, forward=forward, take=take, progress=progress,
-                     label=desc)
+    stats = run_plan(plan, [len(q.row.ids) for q in packed], build=build, forward=forward, take=take,
+                     progress=progress, label=desc)
     return resid, logprob, probe, stats
 
 
@@ -230,59 +270,38 @@ def prepare(tokenizer, questions, *, fmt: str, max_len: int) -> tuple[list[tuple
     return kept, skipped
 
 
-def collect(model, checkpoint, questions, *, fmt: str, layer: int, hook: str = "resid_pre", batch_size: int = 16,
-            progress: ProgressFn | None | bool = None, max_len: int | None = None, token_budget: int = 4096,
-            packed: bool = True, max_shapes: int = MAX_SHAPES) -> OptionRun:
-    """Run every option sequence of `questions` in format `fmt`; see OptionRun for what comes back.
-
-    `packed` (default) scores a question's 4 options in one row over their shared context (run_packed);
-    `packed=False` runs 4 separate sequences per question, as the original did — the same numbers, 2–4× the cost.
-    `max_len` (default: the model's context) bounds a sequence; `token_budget` bounds rows × padded length per batch;
-    `max_shapes` bounds the distinct batch shapes (jit compiles). `progress(Progress)` is called after every batch
-    (None or False: not at all); nothing is printed.
-    """
+def _run_arguments(checkpoint, *, fmts, hook, progress, max_len, batch_size, token_budget, max_shapes):
+    """Checked arguments of collect / collect_formats: (progress callable or None, max_len)."""
     if progress is False:
         progress = None
     if progress is not None and not callable(progress):
         raise InputError(f"progress={progress!r}: expected a callable taking a Progress, or None")
-    check_format(fmt)
+    if not fmts or len(set(fmts)) != len(fmts):
+        raise InputError(f"formats {tuple(fmts)}: expected one or more distinct formats")
+    for fmt in fmts:
+        check_format(fmt)
     if hook not in HOOKS:
         raise InputError(f"hook {hook!r}: expected one of {tuple(HOOKS)}")
-    context = checkpoint.config.max_context
-    max_len = context if max_len is None else min(int(max_len), context)
     if batch_size < 1 or token_budget < 1 or max_shapes < 1:
         raise InputError(f"batch_size={batch_size}, token_budget={token_budget}, max_shapes={max_shapes}: "
                          f"expected positive integers")
-    start = time.perf_counter()
-    prepared, skipped = prepare(checkpoint.tokenizer, tuple(questions), fmt=fmt, max_len=max_len)
-    d_model, nq = checkpoint.config.d_model, len(prepared)
-    if packed:
-        resid, logprob, probe, stats = run_packed(
-            model, [p for _, p in prepared], layer=layer, where=HOOKS[hook], max_len=max_len, token_budget=token_budget,
-            d_model=d_model, progress=progress, desc=f"{fmt} packed forwards",
-            max_shapes=max_shapes,
-        )
-        n_sequences = nq
-    else:
-        seqs = []
-        for qi, (_, prompts) in enumerate(prepared):
-            probe = (letter_probe(prompts) or ()) if fmt == "letter" else ()
-            for oi, option in enumerate(prompts.options):
-                seqs.append(_Seq(index=qi * N_CHOICES + oi, ids=option.ids, cont_start=option.cont_start,
-                                 probe=probe if oi == 0 else ()))
-        resid, logprob, probe, stats = run_sequences(
-            model, seqs, layer=layer, where=HOOKS[hook], max_len=max_len, batch_size=batch_size,
-            token_budget=token_budget, d_model=d_model, progress=progress, desc=f"{fmt} forwards", max_shapes=max_shapes,
-        )
-        probe = probe.reshape(nq, N_CHOICES, N_CHOICES)[:, 0]
-        multi = np.isnan(probe).all(axis=1)  # letters of several tokens: scored by their summed log-probs
-        probe[multi] = logprob.reshape(nq, N_CHOICES)[multi]
-        n_sequences = len(seqs)
+    context = checkpoint.config.max_context
+    return progress, (context if max_len is None else min(int(max_len), context))
+
+
+def _option_run(fmt: str, prepared, skipped, *, resid, logprob, probe, layer: int, hook: str, n_sequences: int,
+                stats: BatchStats, seconds: float) -> OptionRun:
+    """The OptionRun of one format from its prepared prompts and its [question, option] arrays."""
+    nq = len(prepared)
     options = [o for _, p in prepared for o in p.options]
+    if fmt == "letter":   # letters of several tokens were not read as logits: scored by their summed log-probs
+        probe = np.array(probe, np.float32)
+        multi = np.isnan(probe).all(axis=1)
+        probe[multi] = logprob.reshape(nq, N_CHOICES)[multi]
     return OptionRun(
         fmt=fmt,
         questions=tuple(q for q, _ in prepared),
-        resid=resid.reshape(nq, N_CHOICES, d_model),
+        resid=resid.reshape(nq, N_CHOICES, resid.shape[-1]),
         logprob=logprob.reshape(nq, N_CHOICES),
         n_tokens=np.array([o.n_tokens for o in options], np.int64).reshape(nq, N_CHOICES),
         n_chars=np.array([o.n_chars for o in options], np.int64).reshape(nq, N_CHOICES),
@@ -293,9 +312,80 @@ def collect(model, checkpoint, questions, *, fmt: str, layer: int, hook: str = "
         boundary_mismatches=sum(p.boundary_mismatches for _, p in prepared),
         n_sequences=n_sequences,
         padded_tokens=stats.padded_tokens,
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
         batches=stats,
     )
+
+
+def pack_formats(tokenizer, questions, *, fmts: Sequence[str], max_len: int):
+    """({format: prepare()'s (kept, skipped)}, the questions run in any format, their PackedQuestion rows)."""
+    prepared = {fmt: prepare(tokenizer, tuple(questions), fmt=fmt, max_len=max_len) for fmt in fmts}
+    by_fmt = {fmt: {q.qid: p for q, p in kept} for fmt, (kept, _) in prepared.items()}
+    run_questions = [q for q in questions if any(q.qid in by_fmt[fmt] for fmt in fmts)]
+    return prepared, run_questions, [pack_question([by_fmt[fmt].get(q.qid) for fmt in fmts]) for q in run_questions]
+
+
+def collect_formats(model, checkpoint, questions, *, fmts: Sequence[str], layer: int, hook: str = "resid_pre",
+                    progress: ProgressFn | None | bool = None, max_len: int | None = None, token_budget: int = 4096,
+                    max_shapes: int = MAX_SHAPES) -> dict[str, OptionRun]:
+    """Every option of `questions` in each format of `fmts`, all formats of a question in one packed trie row.
+
+    The formats share their common prefixes (the chat template, the question; letter and text also the listed
+    choices), so three formats cost about half of three separate runs, with the same numbers. The OptionRuns share
+    one BatchStats and wall time (the run's, not a format's). A question too long in one format still runs the others.
+    """
+    progress, max_len = _run_arguments(checkpoint, fmts=fmts, hook=hook, progress=progress, max_len=max_len,
+                                       batch_size=1, token_budget=token_budget, max_shapes=max_shapes)
+    start = time.perf_counter()
+    prepared, run_questions, packed = pack_formats(checkpoint.tokenizer, questions, fmts=fmts, max_len=max_len)
+    resid, logprob, probe, stats = run_packed(
+        model, packed, n_slots=len(fmts) * N_CHOICES, layer=layer, where=HOOKS[hook], max_len=max_len,
+        token_budget=token_budget, d_model=checkpoint.config.d_model, progress=progress,
+        desc=f"{'+'.join(fmts)} packed forwards", max_shapes=max_shapes)
+    seconds = time.perf_counter() - start
+    runs = {}
+    for f, fmt in enumerate(fmts):
+        kept, skipped = prepared[fmt]
+        kept_ids = {q.qid for q, _ in kept}
+        rows = np.array([i for i, q in enumerate(run_questions) if q.qid in kept_ids], np.int64)
+        slots = slice(f * N_CHOICES, (f + 1) * N_CHOICES)
+        runs[fmt] = _option_run(fmt, kept, skipped, resid=resid[rows, slots], logprob=logprob[rows, slots],
+                                probe=probe[rows], layer=layer, hook=hook, n_sequences=len(run_questions),
+                                stats=stats, seconds=seconds)
+    return runs
+
+
+def collect(model, checkpoint, questions, *, fmt: str, layer: int, hook: str = "resid_pre", batch_size: int = 16,
+            progress: ProgressFn | None | bool = None, max_len: int | None = None, token_budget: int = 4096,
+            packed: bool = True, max_shapes: int = MAX_SHAPES) -> OptionRun:
+    """Run every option sequence of `questions` in format `fmt`; see OptionRun for what comes back.
+
+    `packed` (default) scores a question's 4 options in one trie row over their shared context (collect_formats);
+    `packed=False` runs 4 separate sequences per question, as the original did — the same numbers, 2–4× the cost.
+    `max_len` (default: the model's context) bounds a sequence; `token_budget` bounds rows × padded length per batch;
+    `max_shapes` bounds the distinct batch shapes (jit compiles). `progress(Progress)` is called after every batch
+    (None or False: not at all); nothing is printed.
+    """
+    if packed:
+        return collect_formats(model, checkpoint, questions, fmts=(fmt,), layer=layer, hook=hook, progress=progress,
+                               max_len=max_len, token_budget=token_budget, max_shapes=max_shapes)[fmt]
+    progress, max_len = _run_arguments(checkpoint, fmts=(fmt,), hook=hook, progress=progress, max_len=max_len,
+                                       batch_size=batch_size, token_budget=token_budget, max_shapes=max_shapes)
+    start = time.perf_counter()
+    prepared, skipped = prepare(checkpoint.tokenizer, tuple(questions), fmt=fmt, max_len=max_len)
+    nq = len(prepared)
+    seqs = []
+    for qi, (_, prompts) in enumerate(prepared):
+        probe = (letter_probe(prompts) or ()) if fmt == "letter" else ()
+        for oi, option in enumerate(prompts.options):
+            seqs.append(_Seq(index=qi * N_CHOICES + oi, ids=option.ids, cont_start=option.cont_start,
+                             probe=probe if oi == 0 else ()))
+    resid, logprob, probe, stats = run_sequences(
+        model, seqs, layer=layer, where=HOOKS[hook], max_len=max_len, batch_size=batch_size, token_budget=token_budget,
+        d_model=checkpoint.config.d_model, progress=progress, desc=f"{fmt} forwards", max_shapes=max_shapes)
+    probe = probe.reshape(nq, N_CHOICES, N_CHOICES)[:, 0]
+    return _option_run(fmt, prepared, skipped, resid=resid, logprob=logprob, probe=probe, layer=layer, hook=hook,
+                       n_sequences=len(seqs), stats=stats, seconds=time.perf_counter() - start)
 
 
 def to_arrays(run: OptionRun) -> dict[str, np.ndarray]:

@@ -32,7 +32,7 @@ from pydantic import ConfigDict
 from harness.errors import InputError
 from harness.sae.sae import SAEMeta, SAEParams, check_params
 from harness.validation import (NonNegativeInt, PositiveFloat, PositiveInt, Schema, StrictBool, StrictStr, file_error,
-                                one_line, read_json_object, short_repr, validate)
+                                one_line, read_json_object, read_safetensors, short_repr, validate)
 
 NATIVE_FORMAT = "harness-sae"
 NATIVE_VERSION = 1
@@ -71,13 +71,7 @@ def safetensors_names(path: Path) -> tuple[str, ...]:
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     """All tensors of a safetensors file as float32 numpy arrays (bf16/f16 widened; non-float dtypes refused)."""
-    if path.is_dir():
-        raise file_error(path, IsADirectoryError(21, "folder"), expected="a .safetensors file")
-    try:
-        with safetensors.safe_open(str(path), framework="numpy") as handle:
-            raw = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (safetensors.SafetensorError, OSError, ValueError, TypeError) as err:
-        raise InputError(f"{path}: cannot read as safetensors ({one_line(err, 150)})") from err
+    raw = read_safetensors(path, expected="a .safetensors file of SAE weights")
     return {key: _float_tensor(key, value, path) for key, value in raw.items()}
 
 
