@@ -90,7 +90,7 @@ def studies(profile, checkpoint, model, sae, question_sets, candidates, cached) 
             return {f"feature {f}": np.concatenate(acts[f]) for f in feats}
 
         arrays = cached("feature activations", key, compute,
-                        code=("studies/feature_contexts.py", "sae/sae.py", "sae/formats.py"))
+                        code=("studies/feature_contexts.py", "sae/readings.py", "sae/sae.py", "sae/formats.py"))
         return {f: tuple(np.split(arrays[f"feature {f}"], np.cumsum(lengths)[:-1])) for f in feats}
 
     return feature_contexts.studies_from_activations(tok, feats, plain, note, mc, activations(list(plain)),

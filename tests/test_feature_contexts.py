@@ -14,6 +14,7 @@ from harness.model import capture, forms
 from harness.model.gguf_reader import read_gguf
 from harness.reporting import dashboards
 from harness.sae import sae as sae_lib
+from harness.sae.readings import feature_subset
 from harness.studies import feature_contexts
 
 D, D_SAE, PLANTED = 16, 12, 11
@@ -52,7 +53,7 @@ def _sets(params, rng, *, plant_in_answers: bool):
     plain = rng.integers(10, 50, (40, 32))
     plain[:6, 10:12] = PATTERN  # six plain-text sequences carry the pattern
     x, hit = synthetic_residuals(plain, rng)
-    acts = feature_contexts.feature_values(params, x, [PLANTED])[..., 0]
+    acts = feature_subset(params, x, [PLANTED], reading="encoder")[..., 0]
     plain_set = feature_contexts.plain_token_set(plain, list(acts), note="synthetic")
     mc_ids, mc_acts, counted, answer = [], [], [], []
     for q in range(10):
@@ -61,7 +62,7 @@ def _sets(params, rng, *, plant_in_answers: bool):
             seq = np.concatenate([ctx, [PATTERN[0], PATTERN[1]] if (plant_in_answers and k == 0) else rng.integers(10, 50, 2)])
             xs, _ = synthetic_residuals(seq, rng)
             mc_ids.append(seq)
-            mc_acts.append(feature_contexts.feature_values(params, xs, [PLANTED])[:, 0])
+            mc_acts.append(feature_subset(params, xs, [PLANTED], reading="encoder")[:, 0])
             c = np.zeros(seq.size, bool)
             c[1 if k == 0 else 20:] = True
             a = np.zeros(seq.size, bool)
@@ -73,20 +74,20 @@ def _sets(params, rng, *, plant_in_answers: bool):
 
 
 @pytest.mark.parametrize("architecture", ["relu", "gated", "jumprelu", "topk"])
-def test_feature_values_equal_the_saes_own_encode(architecture):
+def test_feature_subset_equals_the_saes_own_encode(architecture):
     params = small_sae(architecture)
     x = np.random.default_rng(1).normal(0, 1, (5, 7, D)).astype(np.float32)
     full = np.asarray(sae_lib.encode(params, x))
     feats = [0, 4, PLANTED]
-    np.testing.assert_allclose(feature_contexts.feature_values(params, x, feats), full[..., feats], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(feature_subset(params, x, feats, reading="encoder"), full[..., feats], rtol=1e-5, atol=1e-6)
     dec = x @ np.asarray(params.W_dec)[feats].T
-    np.testing.assert_allclose(feature_contexts.feature_values(params, x, feats, reading="decoder"), dec, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(feature_subset(params, x, feats, reading="decoder"), dec, rtol=1e-4, atol=1e-5)
 
 
 def test_topk_ties_at_the_kth_value_go_to_the_lowest_index_as_in_encode():
     params = dataclasses.replace(small_sae("topk"), W_enc=jnp.zeros((D, D_SAE)), b_enc=jnp.ones(D_SAE))
     x = np.ones((2, D), np.float32)
-    np.testing.assert_array_equal(feature_contexts.feature_values(params, x, range(D_SAE)), np.asarray(sae_lib.encode(params, x)))
+    np.testing.assert_array_equal(feature_subset(params, x, range(D_SAE), reading="encoder"), np.asarray(sae_lib.encode(params, x)))
 
 
 def test_a_planted_feature_is_found_on_its_pattern_and_tops_the_dashboard(tmp_path):

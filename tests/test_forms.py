@@ -8,9 +8,8 @@ import itertools
 import jax
 import numpy as np
 import pytest
-
 from checkpoints import tiny_checkpoint
-from harness.errors import InputError
+
 from harness.model import capture, forms
 from harness.model.forms import Form
 
@@ -78,11 +77,3 @@ def test_only_the_true_scan_lowers_to_a_while_loop(models, tokens):
     """penzai 0.2.5's LayerStack scans with unroll=True: straight-line code, like the unrolled form."""
     counts = {form: _while_ops(model, tokens) for form, model in models.items()}
     assert counts == {Form.UNROLLED: 0, Form.LAYERSTACK: 0, Form.SCAN: 1}
-
-
-def test_config_of_rejects_a_model_built_for_another_depth(models, checkpoint):
-    import dataclasses
-
-    assert forms.config_of(models[Form.SCAN], checkpoint.config) is checkpoint.config
-    with pytest.raises(InputError, match=f"{N_LAYERS} blocks but config n_layers is {N_LAYERS + 1}"):
-        forms.config_of(models[Form.SCAN], dataclasses.replace(checkpoint.config, n_layers=N_LAYERS + 1))

@@ -26,7 +26,6 @@ from harness.scoring.stats import (
     power_analysis,
     rank_correlation_over_questions,
     resample_weights,
-    roc_auc,
     spearman_rho,
     wilson,
 )
@@ -136,16 +135,7 @@ def test_pick_distribution_test_against_hand_statistic():
     assert fair.pvalue > 0.5
 
 
-@given(st.lists(st.tuples(st.integers(-3, 3), st.booleans()), min_size=2, max_size=30))
-def test_roc_auc_matches_pairwise_count(pairs):
-    s = np.array([p[0] for p in pairs], dtype=float)
-    y = np.array([p[1] for p in pairs])
-    if y.all() or not y.any():
-        with pytest.raises(InputError):
-            roc_auc(s, y)
-        return
-    wins = [(p > n) + 0.5 * (p == n) for p in s[y] for n in s[~y]]
-    assert roc_auc(s, y) == pytest.approx(np.mean(wins))
+
 
 
 @given(st.integers(1, 5000).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))),

@@ -20,6 +20,7 @@ from harness.errors import InputError
 from harness.model.forms import Form, build_model
 from harness.model.sources import read_checkpoint
 from harness.reporting import dashboards
+from harness.sae import readings
 from harness.sae.formats import load_any
 from harness.sae.sae import check_compatible
 from harness.studies import feature_contexts
@@ -33,7 +34,7 @@ def main(argv=None, *, prog: str | None = None) -> int:
     p.add_argument("--sae", default=None, help="an SAE in any format harness.sae.formats.load_any reads")
     p.add_argument("--format", dest="fmt", default=None, choices=("letter", "text", "cloze"),
                    help="MC prompt format (default: letter for phi3-mini, cloze otherwise)")
-    p.add_argument("--reading", default="encoder", choices=feature_contexts.READINGS)
+    p.add_argument("--reading", default="encoder", choices=readings.READINGS)
     p.add_argument("--plain-tokens", type=int, default=24_000, help="held-out plain-text tokens")
     p.add_argument("--questions", type=int, default=50, help="MMLU questions (seeded stratified subset)")
     p.add_argument("--top", type=int, default=20, help="contexts shown")

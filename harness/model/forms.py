@@ -18,7 +18,6 @@ from penzai import pz
 from penzai.models.transformer import model_parts
 from penzai.models.transformer.variants import llamalike_common as llamalike
 
-from harness.errors import InputError
 from harness.model.config import Checkpoint, ModelConfig
 
 # The named axis that stacks the decoder blocks (penzai's own name for it).
@@ -206,15 +205,6 @@ def split_params(model: model_parts.TransformerLM) -> tuple[dict, dict]:
     for label, by_index in per_block.items():
         stacked[label] = pz.nx.stack([by_index[i] for i in range(len(by_index))], LAYER_AXIS)
     return global_params, stacked
-
-
-def config_of(model: model_parts.TransformerLM, config: ModelConfig) -> ModelConfig:
-    """Check that `model` was built for `config` (block count); returns the config."""
-    _, blocks = split_params(model)
-    n = next(iter(blocks.values())).named_shape[LAYER_AXIS]
-    if n != config.n_layers:
-        raise InputError(f"model has {n} blocks but config n_layers is {config.n_layers}; expected equal")
-    return config
 
 
 def convert(model: model_parts.TransformerLM, config: ModelConfig, form: Form | str):

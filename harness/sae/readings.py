@@ -36,18 +36,38 @@ def _check_reading(reading: str) -> None:
         raise InputError(f"reading: expected one of {READINGS}, got {reading!r}")
 
 
-def _slice_params(params: sae_lib.SAEParams, sl: slice) -> sae_lib.SAEParams:
-    """The SAE restricted to features `sl`; exact for the feature-local encoders (relu, jumprelu, gated)."""
-    cut = {name: (None if getattr(params, name) is None else getattr(params, name)[sl])
+def _select(params: sae_lib.SAEParams, features) -> sae_lib.SAEParams:
+    """The SAE restricted to `features` (a slice or index array); exact for the feature-local encoders (relu,
+    jumprelu, gated) and for pre-activations, not for TopK's encoder (see feature_subset)."""
+    cut = {name: (None if getattr(params, name) is None else getattr(params, name)[features])
            for name in ("b_enc", "threshold", "mag_scale", "b_mag")}
-    return dataclasses.replace(params, W_enc=params.W_enc[:, sl], W_dec=params.W_dec[sl], **cut)
+    return dataclasses.replace(params, W_enc=params.W_enc[:, features], W_dec=params.W_dec[features], **cut)
 
 
 def _topk_support(params: sae_lib.SAEParams, x: jax.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, values) [rows, k] of a TopK SAE's active features; computed once, scattered per chunk."""
+    """(indices, values) [..., k] of a TopK SAE's active features (ties at the k-th value: lowest index, as encode)."""
     pre = sae_lib.pre_activations(params, x, name="resid")
     values, idx = jax.lax.top_k(pre, params.k)
     return np.asarray(idx), np.asarray(jax.nn.relu(values))
+
+
+def feature_subset(params: sae_lib.SAEParams, x, features, *, reading: str) -> np.ndarray:
+    """Readings [..., feature] of the given `features` (in that order) on residuals x [..., embedding], any leading axes.
+
+    Feature-local encoders run on those features only; a TopK feature fires only when among the k largest of all
+    pre-activations, so TopK reads the full support once and keeps the asked features.
+    """
+    _check_reading(reading)
+    idx = sae_lib.check_features(params, features)
+    x = jnp.asarray(x, jnp.float32)
+    if reading == "decoder":
+        return np.asarray(sae_lib.decoder_projection(params, x, idx, name="resid"), np.float32)
+    if reading == "preact":
+        return np.asarray(sae_lib.pre_activations(_select(params, idx), x, name="resid"), np.float32)
+    if params.architecture != "topk":
+        return np.asarray(sae_lib.encode(_select(params, idx), x, name="resid"), np.float32)
+    top, values = _topk_support(params, x)                                        # [..., k]
+    return np.einsum("...kf,...k->...f", (top[..., None] == idx).astype(np.float32), values)
 
 
 def feature_chunk_size(n_rows: int, d_sae: int) -> int:
@@ -72,9 +92,9 @@ def reading_chunks(resid, params: sae_lib.SAEParams, *, reading: str,
         if reading == "decoder":
             block = sae_lib.decoder_projection(params, x, np.arange(sl.start, sl.stop), name="resid")
         elif reading == "preact":
-            block = sae_lib.pre_activations(_slice_params(params, sl), x, name="resid")
+            block = sae_lib.pre_activations(_select(params, sl), x, name="resid")
         elif support is None:
-            block = sae_lib.encode(_slice_params(params, sl), x, name="resid")
+            block = sae_lib.encode(_select(params, sl), x, name="resid")
         else:
             idx, val = support
             block = np.zeros((x.shape[0], sl.stop - sl.start), np.float32)
@@ -85,20 +105,12 @@ def reading_chunks(resid, params: sae_lib.SAEParams, *, reading: str,
 
 def feature_readings(resid, params: sae_lib.SAEParams, *, reading: str, features=None) -> np.ndarray:
     """Readings [question, option, feature] of all features, or of the `features` given (in that order)."""
-    idx = None if features is None else sae_lib.check_features(params, features)
     r = _check_resid(resid, params)
-    if idx is not None and reading == "decoder":
-        return np.asarray(sae_lib.decoder_projection(params, r, idx, name="resid"), dtype=np.float32)
-    if idx is not None and reading == "preact":
-        W = dataclasses.replace(params, W_enc=params.W_enc[:, idx], b_enc=params.b_enc[idx], W_dec=params.W_dec[idx])
-        return np.asarray(sae_lib.pre_activations(W, r, name="resid"), dtype=np.float32)
-    out = np.empty((r.shape[0], r.shape[1], params.d_sae if idx is None else idx.size), np.float32)
+    if features is not None:
+        return feature_subset(params, r, features, reading=reading)
+    out = np.empty((r.shape[0], r.shape[1], params.d_sae), np.float32)
     for sl, block in reading_chunks(r, params, reading=reading):
-        if idx is None:
-            out[:, :, sl] = block
-        else:
-            hit = (idx >= sl.start) & (idx < sl.stop)
-            out[:, :, hit] = block[:, :, idx[hit] - sl.start]
+        out[:, :, sl] = block
     return out
 
 

@@ -215,19 +215,6 @@ def pick_distribution_test(pick_counts, key_counts, *, method: str = "pearson") 
                          dof=int(keep.sum()) - 1, method=method)
 
 
-def roc_auc(scores, labels) -> float:
-    """ROC-AUC = P(score of a positive > score of a negative) + ½·P(tie), from Mann-Whitney U / (n_pos · n_neg)."""
-    s = _as_1d("scores", scores)
-    y = np.asarray(labels)
-    if y.shape != s.shape or not np.isin(y, (0, 1, True, False)).all():
-        raise InputError(f"labels: expected 0/1 of shape {s.shape}, got shape {y.shape}")
-    pos, neg = s[y.astype(bool)], s[~y.astype(bool)]
-    if pos.size == 0 or neg.size == 0:
-        raise InputError(f"roc_auc: need both classes, got {pos.size} positives and {neg.size} negatives")
-    u = scipy.stats.mannwhitneyu(pos, neg, alternative="two-sided", method="asymptotic").statistic
-    return float(u / (pos.size * neg.size))
-
-
 # ------------------------------------------------------------------------------------------- resampling questions
 
 

@@ -16,8 +16,6 @@ import dataclasses
 import functools
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from harness.data.records import LETTERS, MCQuestion
@@ -26,14 +24,13 @@ from harness.model import capture
 from harness.prompts.formats import PromptTooLong, build_prompts, token_texts
 from harness.runs.batching import Batch, run_batches
 from harness.runs.options import HOOKS
-from harness.sae import sae as sae_lib
+from harness.sae.readings import feature_subset
 from harness.scoring.measurement import Measurement
 from harness.scoring.stats import wilson
 
 PLAIN, MC, ANSWER = "plain text", "MC prompt", "MC answer"
 ORIGINS = (PLAIN, MC, ANSWER)
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
-READINGS = ("encoder", "decoder")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -127,30 +124,6 @@ def mc_sequences(tokenizer, questions: Sequence[MCQuestion], *, fmt: str, max_le
 # ------------------------------------------------------------------------------------------- activations
 
 
-def feature_values(params: sae_lib.SAEParams, x, features: Sequence[int], *, reading: str = "encoder") -> np.ndarray:
-    """Readings [..., feature] of the given features on residuals x [..., embedding]: SAE activation or x·W_dec[f].
-
-    Feature-local encoders (relu, jumprelu, gated) are evaluated on the given features only; TopK needs all
-    pre-activations (a feature fires only when among the k largest; ties at the k-th value go to the lowest index).
-    """
-    idx = sae_lib.check_features(params, np.asarray(list(features), dtype=np.int64))
-    if reading not in READINGS:
-        raise InputError(f"reading {reading!r}: expected one of {READINGS}")
-    x = jnp.asarray(x, jnp.float32)
-    if reading == "decoder":
-        return np.asarray(sae_lib.decoder_projection(params, x, idx))
-    if params.architecture == "topk":
-        pre = sae_lib.pre_activations(params, x)
-        kth = jax.lax.top_k(pre, params.k)[0][..., -1:]
-        n_above = jnp.sum(pre > kth, axis=-1, keepdims=True)
-        tied_before = jnp.cumsum(pre == kth, axis=-1) - (pre == kth)  # equal values at lower indices
-        inside = (pre > kth) | ((pre == kth) & (n_above + tied_before < params.k))
-        return np.asarray(jnp.where(inside, jax.nn.relu(pre), 0.0)[..., idx])
-    cut = {n: (None if getattr(params, n) is None else getattr(params, n)[idx]) for n in ("threshold", "mag_scale", "b_mag")}
-    some = dataclasses.replace(params, W_enc=params.W_enc[:, idx], b_enc=params.b_enc[idx], W_dec=params.W_dec[idx], **cut)
-    return np.asarray(sae_lib.encode(some, x))
-
-
 def sequence_activations(model, params, features: Sequence[int], sequences: Sequence[np.ndarray], *, layer: int,
                          hook: str, max_context: int, reading: str = "encoder", batch_size: int = 16,
                          token_budget: int = 4096) -> dict[int, tuple[np.ndarray, ...]]:
@@ -164,7 +137,7 @@ def sequence_activations(model, params, features: Sequence[int], sequences: Sequ
         return capture.residual(model, batch.tokens, layer=layer, where=HOOKS[hook], max_context=max_context)
 
     def take(batch: Batch, resid) -> None:
-        acts = feature_values(params, resid, features, reading=reading)
+        acts = feature_subset(params, resid, features, reading=reading)
         for r, i in enumerate(batch.members):
             for j, f in enumerate(features):
                 out[f][i] = acts[r, : len(sequences[i]), j].astype(np.float32)
