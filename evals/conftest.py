@@ -168,6 +168,7 @@ def option_runs(pytestconfig, profile, checkpoint, model, question_sets, cached)
                 mine = {name.split("/", 1)[1]: a for name, a in arrays.items() if name.startswith(f"{f}/")}
                 runs[(role, f)] = from_arrays(mine, questions, fmt=f, layer=profile.layer, hook=profile.hook)
                 say(f"{role} {runs[(role, f)].summary()}", force=True)
+            say(f"{label}: {runs[(role, fmt)].cost()}", force=True)
         return runs[(role, fmt)]
 
     return run

@@ -4,6 +4,7 @@ events, no new cache files), and `disabled()` really bypasses the cache even aft
 from __future__ import annotations
 
 import json
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -82,3 +83,15 @@ def test_disabled_restores_the_settings_it_found():
     with compile_cache.disabled() as restored:
         assert restored == before and jax.config.jax_enable_compilation_cache is False
     assert compile_cache.current() == before
+
+
+def test_the_session_still_compiles_through_the_folder_the_plugin_named(pytestconfig):
+    """After any earlier test (test_claims_gate.py re-runs the plugin in-process from a temporary folder, which points
+    JAX at an empty <tmp>/.cache/jax), this session's compiles still go through --compile-cache's folder
+    (tests/conftest.py puts the settings back): otherwise the rest of the suite silently compiles everything afresh."""
+    option = pytestconfig.getoption("--compile-cache")
+    if option == "off":
+        pytest.skip("--compile-cache off: the plugin left JAX's settings alone")
+    expected = (pytestconfig.invocation_params.dir / pathlib.Path(option).expanduser()).resolve()  # as enable() resolves it
+    settings = compile_cache.current()
+    assert settings.enabled and settings.directory == str(expected), settings

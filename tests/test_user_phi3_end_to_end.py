@@ -14,6 +14,7 @@ import pathlib
 import pytest
 
 from harness.claims.registry import load_registry, of_profile
+from harness.runs import compile_cache
 from standins import user_files
 
 pytest_plugins = ["pytester"]
@@ -34,6 +35,14 @@ def no_user_hub(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HOME", raising=False)
 
 
+def _compile_cache_of_this_session() -> str:
+    """The persistent compile cache this session uses ('off' if it is off): every run below compiles the same tiny
+    Phi-3, so the layouts after the first load its programs instead of compiling them again (its own activation
+    cache, report and baselines stay fresh per run)."""
+    settings = compile_cache.current()
+    return settings.directory if settings.enabled and settings.directory else "off"
+
+
 def _run(pytester, files, *args, model, sae, dataset=None, env_hub=False):
     out = pytester.path
     if env_hub:
@@ -44,7 +53,8 @@ def _run(pytester, files, *args, model, sae, dataset=None, env_hub=False):
         str(REPO / "evals"), "-c", str(REPO / "pyproject.toml"), "--rootdir", str(REPO), "-p", "no:cacheprovider",
         "--profile", "phi3-mini", "--model", str(model), "--sae", str(sae),
         "--dataset", f"hendrycks:{dataset or files.data_val}", "--reports-dir", str(out / "reports"),
-        "--cache-dir", str(out / "cache"), "--baselines-dir", str(out / "baselines"), "--regen-all",
+        "--cache-dir", str(out / "cache"), "--compile-cache", _compile_cache_of_this_session(),
+        "--baselines-dir", str(out / "baselines"), "--regen-all",
         "-k", "not C5", *args, timeout=600)
 
 

@@ -52,7 +52,7 @@ class OptionRun:
     hook: str                                  # "resid_pre" | "resid_post"
     skipped: tuple[tuple[str, str], ...]       # (qid, reason) of questions not scored
     boundary_mismatches: int                   # sequences where tokenize(ctx)+tokenize(cont) != tokenize(ctx+cont)
-    n_sequences: int = 0                       # option sequences run
+    n_sequences: int = 0                       # rows run: packed, one per question; unpacked, one per option
     padded_tokens: int = 0                     # tokens processed including padding (cost)
     seconds: float = 0.0                       # wall time of the collection
     batches: BatchStats | None = None          # shapes, padding and timings of the forwards (None: read from the cache)
@@ -67,9 +67,12 @@ class OptionRun:
         return len(self.questions)
 
     def summary(self) -> str:
-        """One line for logs and reports."""
+        """One line for logs and reports (the run's cost: `cost()`, shared by the formats of one run)."""
         return (f"{self.fmt}: n={self.n}, skipped {len(self.skipped)}, boundary mismatches {self.boundary_mismatches}"
-                f"/{self.n_sequences} sequences, {self.padded_tokens} padded tokens, {self.seconds:.1f}s")
+                f" of {N_CHOICES * self.n} sequences")
+
+    def cost(self) -> str:
+        return f"{self.n_sequences} rows run, {self.padded_tokens} padded tokens, {self.seconds:.1f}s"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
