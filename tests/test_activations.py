@@ -1,4 +1,4 @@
-"""activations.collect on a tiny random model: batched, bucketed, right-padded results equal an independent
+"""runs.options.collect on a tiny random model: batched, bucketed, right-padded results equal an independent
 computation that runs one sequence at a time with no padding (numpy log-softmax over capture.logits); the bucket
 policy (plan_batches) on synthetic length lists: every sequence once, in a bucket that holds it, within the shape bound,
 with the padding it reports."""
