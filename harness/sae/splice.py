@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from harness.errors import InputError
 from harness.model import capture
+from harness.runs.batching import Batch, run_batches
 from harness.sae.metrics import SAEQuality, ce_loss_recovered, measure_quality
 from harness.sae.sae import SAEParams, reconstruct
 from harness.sae.train import drop_outlier_tokens
@@ -94,24 +95,39 @@ def ce_losses(model, tokens, *, layer: int, edit: Edit, where: capture.Where = "
     layer continued by ``capture.logits_from_residual`` — so an identity edit checks the splice itself.
     """
     tokens = _check_sequences(tokens)
+    if batch_size < 1:
+        raise InputError(f"batch_size={batch_size}, expected >= 1")
     sums = np.zeros(3)
-    count = 0
-    for batch in tqdm(list(_batches(tokens, batch_size)), desc="CE clean/spliced/zero", disable=not progress):
-        clean = capture.logits(model, batch, max_context=max_context)
-        resid = capture.residual(model, batch, layer=layer, where=where, max_context=max_context)
+    bar = tqdm(total=tokens.shape[0], desc="CE clean/spliced/zero", disable=not progress)
+
+    def forward(batch: Batch):
+        clean = capture.logits(model, batch.tokens, max_context=max_context)
+        resid = capture.residual(model, batch.tokens, layer=layer, where=where, max_context=max_context)
         spliced = with_positions_kept(resid, jnp.asarray(edit(resid), resid.dtype), keep_first=keep_first)
         zeroed = with_positions_kept(resid, jnp.zeros_like(resid), keep_first=keep_first)
-        for i, logits in enumerate((clean, capture.logits_from_residual(model, spliced, layer=layer, where=where),
-                                    capture.logits_from_residual(model, zeroed, layer=layer, where=where))):
-            sums[i] += next_token_ce(logits, batch).sum()
-        count += batch.shape[0] * (batch.shape[1] - 1)
+        return (clean, capture.logits_from_residual(model, spliced, layer=layer, where=where),
+                capture.logits_from_residual(model, zeroed, layer=layer, where=where))
+
+    def take(batch: Batch, logits) -> None:
+        k = len(batch.members)   # rows past the members are padding
+        for i, lg in enumerate(logits):
+            sums[i] += next_token_ce(lg[:k], batch.tokens[:k]).sum()
+        bar.update(k)
+
+    run_batches(tokens, forward=forward, take=take, max_len=tokens.shape[1], batch_size=batch_size,
+                token_budget=batch_size * tokens.shape[1], label="CE clean/spliced/zero")
+    bar.close()
+    count = tokens.shape[0] * (tokens.shape[1] - 1)
     ce_clean, ce_spliced, ce_zero = (float(s / count) for s in sums)
     return CELosses(ce_clean=ce_clean, ce_spliced=ce_spliced, ce_zero_ablate=ce_zero, n_predictions=count)
 
 
 def residual_batches(model, tokens, *, layer: int, where: capture.Where = "pre", max_context: int,
                      batch_size: int = 32, skip_first: int = 1) -> Iterator[np.ndarray]:
-    """Residuals at ``layer`` as float32 [token, d_model] per batch of sequences, positions < skip_first left out."""
+    """Residuals at ``layer`` as float32 [token, d_model] per batch of sequences, positions < skip_first left out.
+
+    A lazy stream for SAE training (train_sae consumes it batch by batch); the gate's residuals (gate_arrays) and the
+    CE figures run through runs.batching like every study's forwards."""
     tokens = _check_sequences(tokens)
     if not 0 <= skip_first < tokens.shape[1]:
         raise InputError(f"skip_first={skip_first}, expected 0..{tokens.shape[1] - 1}")
@@ -129,8 +145,16 @@ def gate_arrays(model, params: SAEParams, tokens, *, layer: int, where: capture.
     n_ce = tokens.shape[0] if n_ce_sequences is None else n_ce_sequences
     if not 0 < n_ce <= tokens.shape[0]:
         raise InputError(f"n_ce_sequences={n_ce_sequences}, expected 1..{tokens.shape[0]} (the sequences given)")
-    x = np.concatenate(list(residual_batches(model, tokens, layer=layer, where=where, max_context=max_context,
-                                             batch_size=batch_size)))
+    x = np.empty((tokens.shape[0], tokens.shape[1] - 1, params.d_model), np.float32)   # BOS left out
+
+    def take(batch: Batch, resid) -> None:
+        x[batch.members] = np.asarray(resid[: len(batch.members), 1:], np.float32)
+
+    run_batches(tokens, take=take, max_len=tokens.shape[1], batch_size=batch_size,
+                token_budget=batch_size * tokens.shape[1], label="SAE gate residuals",
+                forward=lambda batch: capture.residual(model, batch.tokens, layer=layer, where=where,
+                                                       max_context=max_context))
+    x = x.reshape(-1, params.d_model)
     ce = ce_losses(model, tokens[:n_ce], layer=layer, where=where, max_context=max_context, batch_size=batch_size,
                    edit=lambda r: reconstruct(params, r), progress=progress)
     return {"x": x, "ce": np.array([ce.ce_clean, ce.ce_spliced, ce.ce_zero_ablate], np.float64),

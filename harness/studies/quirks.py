@@ -301,10 +301,11 @@ def truncation_reread(model, checkpoint, questions: Sequence[MCQuestion], readin
     """`reread` for `with_truncation`: question i's letter prompt cut to its first `max_tokens` tokens (the four options'
     cuts are one sequence), the residual at its last position, read by `reading(resid [n, embedding]) -> [n]`.
 
-    Every truncated prompt has exactly `max_tokens` tokens, so the forwards need no padding.
+    Every truncated prompt has exactly `max_tokens` tokens; the forwards go through runs.batching.run_batches.
     """
     from harness.model import capture
     from harness.prompts.formats import build_prompts
+    from harness.runs.batching import Batch, run_batches
     from harness.runs.options import HOOKS
 
     if hook not in HOOKS:
@@ -321,13 +322,19 @@ def truncation_reread(model, checkpoint, questions: Sequence[MCQuestion], readin
                                  "(not longer than the limit, or they differ before it)")
             rows.append(next(iter(cuts)))
         out = np.empty((len(rows), N_CHOICES))
-        for k in range(0, len(rows), batch_size):
-            tokens = np.array(rows[k : k + batch_size], dtype=np.int32)
-            resid = np.asarray(capture.residual(model, tokens, layer=layer, where=HOOKS[hook], max_context=max_tokens))
-            read = np.asarray(reading(resid[:, -1]), dtype=float)
-            if read.shape != (tokens.shape[0],):
-                raise InputError(f"reading: returned shape {read.shape}, expected ({tokens.shape[0]},)")
-            out[k : k + tokens.shape[0]] = read[:, None]
+
+        def forward(batch: Batch):
+            return capture.residual(model, batch.tokens, layer=layer, where=HOOKS[hook], max_context=max_tokens)
+
+        def take(batch: Batch, resid) -> None:
+            k = len(batch.members)
+            read = np.asarray(reading(np.asarray(resid)[:k, -1]), dtype=float)
+            if read.shape != (k,):
+                raise InputError(f"reading: returned shape {read.shape}, expected ({k},)")
+            out[batch.members] = read[:, None]
+
+        run_batches(rows, forward=forward, take=take, max_len=max_tokens, batch_size=batch_size,
+                    label="truncated letter prompts")
         return out
 
     return reread
