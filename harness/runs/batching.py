@@ -23,6 +23,7 @@ from harness.runs import compile_cache
 MAX_SHAPES = 8
 PAD_ID = 0
 
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BatchStats:
     """What one run's batching cost: its compiled shapes, padding and where the wall time went.
