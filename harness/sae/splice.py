@@ -91,8 +91,8 @@ def ce_losses(model, tokens, *, layer: int, edit: Edit, where: capture.Where = "
     """Mean next-token CE of ``tokens`` [sequence, position]: clean, with ``edit`` applied to the residual
     at ``layer`` (positions ≥ keep_first), and with that residual zeroed at the same positions.
 
-    Clean logits come from a full forward (``capture.logits``), the other two from the residual at the
-    layer continued by ``capture.logits_from_residual`` — so an identity edit checks the splice itself.
+    Clean logits and the residual at the layer come from one forward (``capture.residual_and_logits``), the other two
+    from that residual continued by ``capture.logits_from_residual`` — so an identity edit checks the splice itself.
     """
     tokens = _check_sequences(tokens)
     if batch_size < 1:
@@ -101,8 +101,8 @@ def ce_losses(model, tokens, *, layer: int, edit: Edit, where: capture.Where = "
     bar = tqdm(total=tokens.shape[0], desc="CE clean/spliced/zero", disable=not progress)
 
     def forward(batch: Batch):
-        clean = capture.logits(model, batch.tokens, max_context=max_context)
-        resid = capture.residual(model, batch.tokens, layer=layer, where=where, max_context=max_context)
+        resid, clean = capture.residual_and_logits(model, batch.tokens, layer=layer, where=where,
+                                                   max_context=max_context)
         spliced = with_positions_kept(resid, jnp.asarray(edit(resid), resid.dtype), keep_first=keep_first)
         zeroed = with_positions_kept(resid, jnp.zeros_like(resid), keep_first=keep_first)
         return (clean, capture.logits_from_residual(model, spliced, layer=layer, where=where),
@@ -112,10 +112,10 @@ def ce_losses(model, tokens, *, layer: int, edit: Edit, where: capture.Where = "
         k = len(batch.members)   # rows past the members are padding
         for i, lg in enumerate(logits):
             sums[i] += next_token_ce(lg[:k], batch.tokens[:k]).sum()
-        bar.update(k)
 
     run_batches(tokens, forward=forward, take=take, max_len=tokens.shape[1], batch_size=batch_size,
-                token_budget=batch_size * tokens.shape[1], label="CE clean/spliced/zero")
+                token_budget=batch_size * tokens.shape[1], label="CE clean/spliced/zero",
+                progress=lambda p: bar.update(p.done - bar.n))
     bar.close()
     count = tokens.shape[0] * (tokens.shape[1] - 1)
     ce_clean, ce_spliced, ce_zero = (float(s / count) for s in sums)
