@@ -47,11 +47,19 @@ def checkpoint(pytestconfig, profile, provenance):
 
 
 @pytest.fixture(scope="session")
-def model(checkpoint):
-    """The profile's model as a true scan over the stacked layer axis."""
+def model(pytestconfig, profile, checkpoint, provenance):
+    """The profile's model as a true scan over the stacked layer axis, sharded over `--mesh` when given."""
+    from harness.model import parallel
     from harness.model.forms import Form, build_model
 
-    return build_model(checkpoint, form=Form.SCAN)
+    model = build_model(checkpoint, form=Form.SCAN, dtype=profile.dtype)
+    provenance["dtype"] = f"{profile.dtype} parameters, contractions {profile.dtype} x {profile.dtype} -> float32"
+    mesh = pytestconfig.getoption("--mesh")
+    if mesh is not None:
+        mesh = parallel.make_mesh(parallel.parse_mesh(mesh))
+        model = parallel.shard_model(model, mesh)
+        provenance["mesh"] = parallel.layout(mesh)
+    return model
 
 
 @pytest.fixture(scope="session")
@@ -107,13 +115,13 @@ def activation_cache(pytestconfig):
 
 
 @pytest.fixture(scope="session")
-def cached(checkpoint, activation_cache):
+def cached(profile, checkpoint, activation_cache):
     """cached(name, key_parts, compute, code=()) -> arrays: a deterministic model computation through the on-disk
     cache, keyed by name, the weights digest, code_version(), the digest of the extra harness files `code` and
     key_parts (which must hold everything else the arrays depend on: SAE digest, inputs, layer, hook, seeds)."""
     from harness.runs.cache import code_digest, code_version, digest_file
 
-    base = {"weights": digest_file(checkpoint.source), "code": code_version()}
+    base = {"weights": digest_file(checkpoint.source), "code": code_version(), "dtype": profile.dtype}
 
     def get(name: str, key_parts: dict, compute, *, code: tuple[str, ...] = ()):
         key = {**base, **key_parts, "computation": name, "extra_code": code_digest(*code) if code else ""}

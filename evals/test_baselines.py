@@ -20,4 +20,4 @@ def test_model_accuracies_match_the_recorded_baseline(num_regression, profile, q
     assert figures, f"no question set of {sorted(question_sets)} has a baseline run {RUNS}"
     tolerances = {k: {"atol": ACCURACY_ATOL if k.endswith("accuracy") else 0} for k in figures}
     directory = pathlib.Path(pytestconfig.getoption("--baselines-dir") or pathlib.Path(__file__).parent / "baselines")
-    num_regression.check(figures, fullpath=directory / profile.name / "accuracies.csv", tolerances=tolerances)
+    num_regression.check(figures, fullpath=directory / profile.label / "accuracies.csv", tolerances=tolerances)

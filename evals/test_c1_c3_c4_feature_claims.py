@@ -71,7 +71,7 @@ def test_chosen_feature_on_held_out_questions(claim, check_claim, analysis):
 
 def test_feature_report_plots_are_written(profile, question_sets, analysis, pytestconfig, report_sections):
     """The report's feature plots (letter vs text/cloze with candidates, tie rules, per subject) for every set."""
-    directory = pathlib.Path(pytestconfig.getoption("--reports-dir")) / profile.name
+    directory = pathlib.Path(pytestconfig.getoption("--reports-dir")) / profile.label
     sections = []
     for role in question_sets:
         letter, text, cloze = (analysis(role, f, aligned=True) for f in ("letter", "text", "cloze"))

@@ -7,6 +7,7 @@ one line naming the file, the field and what was expected.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import math
@@ -97,21 +98,60 @@ def read_bytes(path: str | os.PathLike, *, expected: str = "a readable file") ->
         raise file_error(path, error, expected=expected) from error
 
 
-def read_safetensors(path: str | os.PathLike, *, expected: str) -> dict[str, np.ndarray]:
-    """Every tensor of one safetensors file as numpy, dtypes as stored (bf16 as ml_dtypes.bfloat16).
+# safetensors dtype names -> numpy dtypes (ml_dtypes' bfloat16 for BF16).
+SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+                      "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+                      "U16": np.uint16, "U32": np.uint32, "U64": np.uint64, "BOOL": np.bool_}
 
-    A folder, a missing, truncated or corrupt file is one InputError line naming the file; what dtypes are
-    acceptable is the caller's policy.
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MappedTensor:
+    """Where one tensor lies in a file; `read()` maps it afresh (read-only), so nothing stays mapped once it is dropped."""
+
+    path: pathlib.Path
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    offset: int
+
+    def read(self) -> np.ndarray:
+        if math.prod(self.shape) == 0:
+            return np.zeros(self.shape, self.dtype)
+        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape)
+
+
+def map_safetensors(path: str | os.PathLike, *, expected: str) -> dict[str, MappedTensor]:
+    """Where every tensor of one safetensors file lies, dtypes as stored (bf16 as ml_dtypes.bfloat16).
+
+    Nothing is read until used, and a slice of a mapped tensor reads only its rows. The safetensors library checks the file first; its own
+    numpy reader copies whole tensors and cannot slice bf16, hence the memory map over the offsets its header gives.
+    A folder, a missing, truncated or corrupt file is one InputError line naming the file; what dtypes are acceptable
+    is the caller's policy.
     """
     path = pathlib.Path(path)
     if path.is_dir():
         raise file_error(path, IsADirectoryError(errno.EISDIR, "is a folder"), expected=expected)
     try:
-        with safetensors.safe_open(str(path), framework="numpy") as handle:
-            return {name: handle.get_tensor(name) for name in handle.keys()}
-    except (safetensors.SafetensorError, OSError, ValueError, TypeError) as error:
+        with safetensors.safe_open(str(path), framework="numpy") as handle:  # validates header, offsets and sizes
+            names = list(handle.keys())
+        with open(path, "rb") as raw:
+            size = int.from_bytes(raw.read(8), "little")
+            header = json.loads(raw.read(size))
+        tensors = {}
+        for name in names:
+            entry = header[name]
+            dtype = np.dtype(SAFETENSORS_DTYPES[entry["dtype"]])
+            shape = tuple(entry["shape"])
+            start, end = entry["data_offsets"]
+            tensors[name] = MappedTensor(path=path, dtype=dtype, shape=shape, offset=8 + size + start)
+    except (safetensors.SafetensorError, OSError, ValueError, TypeError, KeyError) as error:
         reason = one_line(error, 150) or type(error).__name__
         raise InputError(f"{path}: not a readable safetensors file ({reason}); expected {expected}") from error
+    return tensors
+
+
+def read_safetensors(path: str | os.PathLike, *, expected: str) -> dict[str, np.ndarray]:
+    """Every tensor of one safetensors file as numpy arrays in memory, dtypes as stored (see map_safetensors)."""
+    return {name: np.array(mapped.read()) for name, mapped in map_safetensors(path, expected=expected).items()}
 
 
 def decode_utf8(data: bytes, source: str) -> str:

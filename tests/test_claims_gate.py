@@ -205,7 +205,7 @@ def test_an_unknown_measure_or_argument_in_the_registry_is_an_error(gate):
 
 
 @pytest.mark.parametrize("option", ["--model=/no/such/dir", "--sae=/no/such/sae", "--dataset=hendrycks:/no/such/folder",
-                                    "--model=nobody/not-a-cached-model"])
+                                    "--model=nobody/not-a-cached-model", "--mesh=data=0,model=2"])
 def test_an_input_the_user_named_that_does_not_exist_is_a_usage_error(gate, option, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     result = gate(FIRST, option)

@@ -277,3 +277,27 @@ def test_c1_on_data_can_be_false_when_the_encoder_reads_something_else():
     unrelated = dc.replace(params, W_enc=jnp.asarray(other))  # encoder directions unrelated to the decoder rows
     m = features.reading_agreement(resid, answers, unrelated, seed=0, n_resamples=200)
     assert not m.ci[0] > 0.2 and m.ci[0] < m.value < m.ci[1]
+
+
+def test_the_analysis_its_nulls_and_c1_do_not_depend_on_the_feature_chunk(monkeypatch):
+    """Every all-feature computation streams over feature chunks; a chunk far smaller than d_sae gives the same figures
+    (scores to float32 rounding of the readings, candidates, credits and nulls exactly), for the whole-SAE null pool
+    and for a sampled pool (forced here by lowering NULL_POOL_MAX)."""
+    resid, answers, params, _ = planted(n_q=160, strength=0.8)
+    kw = dict(fmt="cloze", reading="encoder", seed=0, k=5, pursuit_k=4)
+    whole, chunked = features.analyse(resid, answers, params, **kw), features.analyse(resid, answers, params, chunk=7, **kw)
+    for split in ("discovery", "heldout"):
+        for field in ("share", "first", "argmin_share", "argmin_first", "auc", "logprob"):
+            np.testing.assert_allclose(getattr(getattr(chunked, split), field), getattr(getattr(whole, split), field),
+                                       rtol=1e-6, atol=1e-9)
+    assert chunked.candidates == whole.candidates
+    np.testing.assert_array_equal(chunked.option_credit12, whole.option_credit12)
+    assert chunked.nulls == whole.nulls
+    monkeypatch.setattr(features, "NULL_POOL_MAX", 50)
+    monkeypatch.setattr(features, "NULL_POOL_SIZE", 40)
+    sampled = features.analyse(resid, answers, params, chunk=6, **kw)
+    assert sampled.null_pool.size in (40, 41) and sampled.best in sampled.null_pool
+    np.testing.assert_array_equal(sampled.option_credit12, whole.option_credit12[:, :, sampled.null_pool])
+    a = features.reading_agreement(resid, answers, params, seed=0, n_resamples=50)
+    b = features.reading_agreement(resid, answers, params, seed=0, n_resamples=50, chunk=7)
+    assert (a.value, a.ci, a.p_value) == (b.value, b.ci, b.p_value)

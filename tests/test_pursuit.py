@@ -66,3 +66,18 @@ def test_bad_shapes_raise():
         gradient_pursuit(np.zeros(5), np.zeros((3, 4)), k=2)
     with pytest.raises(InputError):
         gradient_pursuit(np.zeros(4), np.zeros((3, 4)), k=0)
+
+
+def test_blocks_of_the_dictionary_change_nothing(monkeypatch):
+    """D r is taken a block of rows at a time (a 49,152-atom decoder is never widened to float64 whole): tiny blocks
+    give the same support and, to float64 rounding, the same weights as one block."""
+    import harness.sae.pursuit as pursuit
+
+    D = dictionary(300, 64, seed=5).astype(np.float32)
+    x = np.random.default_rng(6).normal(size=64)
+    one = gradient_pursuit(x, D, k=12)
+    monkeypatch.setattr(pursuit, "BLOCK_CELLS", 64 * 7)  # 7 atoms per block
+    blocked = gradient_pursuit(x, D, k=12)
+    assert blocked.support == one.support
+    np.testing.assert_allclose(blocked.weights, one.weights, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(blocked.residual_norms, one.residual_norms, rtol=1e-12)

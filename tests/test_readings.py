@@ -117,3 +117,34 @@ def test_bad_inputs_raise_one_line_errors():
         with pytest.raises(InputError) as err:
             call()
         assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("architecture,settings", CASES[:4])
+@pytest.mark.parametrize("reading", readings.READINGS)
+def test_chunks_of_a_feature_subset_and_row_blocks_of_the_topk_support_change_nothing(monkeypatch, architecture,
+                                                                                        settings, reading):
+    """One reading loop for all features and for a subset: forced small feature chunks (and, for TopK, row blocks of
+    its support) give the unchunked readings of the features asked, in their order, duplicates included."""
+    params, _ = _params(architecture, **settings)
+    x = _resid(n_q=11)
+    whole = feature_readings(x, params, reading=reading)
+    pick = np.array([33, 2, 17, 2, 39, 0, 5])
+    monkeypatch.setattr(readings, "CHUNK_CELLS", D_SAE * 3)  # TopK support: 3 rows per block
+    pieces = list(reading_chunks(x, params, reading=reading, features=pick, chunk=3))
+    assert [(sl.start, sl.stop) for sl, _ in pieces] == [(0, 3), (3, 6), (6, 7)]
+    got = np.concatenate([b for _, b in pieces], axis=2)
+    np.testing.assert_allclose(got, whole[:, :, pick], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(readings.feature_subset(params, x, pick, reading=reading, chunk=2), whole[:, :, pick],
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.concatenate([b for _, b in reading_chunks(x, params, reading=reading)], axis=2), whole,
+                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("reading", readings.READINGS)
+def test_a_bfloat16_residual_is_read_as_its_float32_values(reading):
+    params, _ = _params("gated")
+    x16 = jnp.asarray(_resid(), jnp.bfloat16)
+    want = feature_readings(np.asarray(x16.astype(jnp.float32)), params, reading=reading)
+    np.testing.assert_array_equal(feature_readings(x16, params, reading=reading), want)
+    np.testing.assert_allclose(readings.feature_subset(params, x16[:, 0], [4, 1], reading=reading), want[:, 0, [4, 1]],
+                               rtol=1e-6, atol=1e-6)  # other matmul shapes: float32 rounding only

@@ -20,6 +20,7 @@ from harness.sae.sae import (
     decode,
     decoder_projection,
     encode,
+    pre_activations,
     reconstruct,
 )
 
@@ -148,3 +149,34 @@ def test_params_are_a_pytree():
     assert len(leaves) == 4
     again = jax.tree_util.tree_unflatten(tree, leaves)
     assert (again.k, again.norm_factor, again.architecture) == (3, math.sqrt(2), "topk")
+
+
+@pytest.mark.parametrize("architecture,settings", CASES, ids=[c[0] for c in CASES])
+def test_a_bfloat16_residual_is_read_in_float32(architecture, settings):
+    """A model run in bfloat16 hands over a bf16 residual: every function widens it first, so the result is the float32
+    computation on the widened values, bit for bit, and float32 however the residual came."""
+    params = _params(_weights(9), architecture, **settings)
+    x16 = jnp.asarray(np.random.default_rng(10).normal(scale=2.0, size=(3, 5, D_MODEL)), jnp.bfloat16)
+    x32 = x16.astype(jnp.float32)
+    for fn in (encode, pre_activations, reconstruct, decoder_projection):
+        got, want = fn(params, x16), fn(params, x32)
+        assert got.dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    f16 = encode(params, x32).astype(jnp.bfloat16)
+    assert decode(params, f16).dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(decode(params, f16)), np.asarray(decode(params, f16.astype(jnp.float32))))
+
+
+def test_the_finiteness_checks_see_every_non_finite_value_and_pass_large_finite_ones():
+    for bad in (np.nan, np.inf, -np.inf):
+        w = _weights(11)
+        w["W_dec"][63, 15] = bad
+        with pytest.raises(InputError, match=r"^test: tensor W_dec has 1 NaN/inf values"):
+            _params(w, "relu")
+        x = np.ones((2, D_MODEL))
+        x[1, 15] = bad
+        with pytest.raises(InputError, match=r"^x: 1 NaN/inf"):
+            encode(_params(_weights(11), "relu"), jnp.asarray(x, jnp.bfloat16))
+    w = _weights(11)
+    w["W_enc"][0, 0] = np.finfo(np.float32).max  # large but finite (x·0 is still 0 in the fused check)
+    _params(w, "relu")

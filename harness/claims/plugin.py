@@ -56,6 +56,9 @@ def pytest_addoption(parser):
     group.addoption("--clear-cache", action="store_true", help="empty the activation cache before the run")
     group.addoption("--compile-cache", default=".cache/jax", help="JAX's persistent compilation cache ('off' to compile afresh)")
     group.addoption("--baselines-dir", default=None, help="per-profile figure baselines (default: baselines/ beside the registry)")
+    group.addoption("--layer", default=None, type=int, help="the layer the SAE reads, instead of the profile's (e.g. a shallower stand-in of the model)")
+    group.addoption("--dtype", default=None, choices=("float32", "bfloat16"), help="parameters' dtype (default: the profile's, float32); bfloat16 halves the weights' memory and runs every contraction bf16 x bf16 -> float32; its baselines and report are kept apart (<profile>-bfloat16)")
+    group.addoption("--mesh", default=None, help="split the run over the devices: data=N,model=M (batch N ways, parameters M ways by heads / neurons / vocabulary; N x M = the device count)")
     parser.addini("claims_registry", "the claims registry (TOML), relative to the rootdir", default="evals/claims.toml")
 
 
@@ -76,6 +79,11 @@ def _check_given_inputs(config) -> None:
             for spec in specs.parse_all(raw):
                 specs.check_exists(spec)
         limit_of(config)
+        mesh = config.getoption("--mesh")
+        if mesh is not None:
+            from harness.model.parallel import parse_mesh
+
+            parse_mesh(mesh)
     except InputError as e:
         raise pytest.UsageError(str(e)) from None
 
@@ -101,7 +109,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "claim: a research claim from the registry, checked on a model profile")
     try:
         profile = get_profile(config.getoption("--profile"), model=config.getoption("--model"),
-                              sae=config.getoption("--sae"))
+                              sae=config.getoption("--sae"), dtype=config.getoption("--dtype"),
+                              layer=config.getoption("--layer"))
     except InputError as e:
         raise pytest.UsageError(str(e)) from None
     _check_given_inputs(config)
@@ -221,7 +230,7 @@ def check_claim(request, profile):
         run = run_of(request.config)
         if claim.id in run.results:
             raise InputError(f"claim {claim.id}: checked twice in one run")
-        result = evaluate(claim, profile.name, measurement)
+        result = evaluate(claim, profile.label, measurement)
         run.results[claim.id] = result
         baselines.check(request.getfixturevalue("num_regression"), result, _baselines_dir(request.config))
         raise_outcome(result)
@@ -280,6 +289,6 @@ def pytest_terminal_summary(terminalreporter, config):
         terminalreporter.write_line(f"{claim_id}: {status} — {reason}")
     for note in run.data_notes:
         terminalreporter.write_line(note)
-    directory = pathlib.Path(config.getoption("--reports-dir")) / run.profile.name
-    path = report.write_report(run, directory, title=f"Claims on {run.profile.name}: {run.profile.description}")
+    directory = pathlib.Path(config.getoption("--reports-dir")) / run.profile.label
+    path = report.write_report(run, directory, title=f"Claims on {run.profile.label}: {run.profile.description}")
     terminalreporter.write_line(f"report written to {path}")

@@ -11,6 +11,7 @@ import pathlib
 from typing import Mapping
 
 from harness.errors import InputError
+from harness.model.config import DTYPES
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 DEFAULT_SAE_DIR = REPO_ROOT / "data" / "sae" / "smollm2-135m-instruct-l15-resid_pre"
@@ -33,7 +34,17 @@ class Profile:
     datasets: tuple[str, ...]
     budget: Mapping[str, int] = dataclasses.field(default_factory=dict)
     seed: int = 0
+    dtype: str = "float32"  # the parameters' dtype (one of DTYPES); float32 is exact against transformers
     description: str = ""
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise InputError(f"profile {self.name}: dtype {self.dtype!r}, expected one of {list(DTYPES)}")
+
+    @property
+    def label(self) -> str:
+        """Where its baselines and report live: the name, plus the dtype when it is not float32 (figures differ)."""
+        return self.name if self.dtype == "float32" else f"{self.name}-{self.dtype}"
 
     def run_size(self, role: str, fmt: str, limit: int | None | str = "profile") -> int | None:
         """Questions to run for (role, fmt): --limit when given (None = all), else the profile's budget."""

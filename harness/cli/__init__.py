@@ -17,6 +17,7 @@ COMMANDS = {
     "bench-forward": ("bench_forward", "forward throughput of each execution form beside transformers"),
     "bench-evaluation": ("bench_evaluation", "where the evaluation path's time goes, per format"),
     "bench-peer": ("bench_peer", "lm-evaluation-harness and this harness on the same MMLU questions"),
+    "bench-memory": ("bench_memory", "peak memory of read + build + forward against the weights' bytes, extrapolated"),
 }
 
 

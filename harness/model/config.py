@@ -21,18 +21,24 @@ the Q/K rows:
     model.layers.{i}.mlp.down_proj.weight         [d_model, d_ffn]
 
 Phi-3's fused tensors (qkv_proj, gate_up_proj) are split by the readers into these names.
+
+The weights are a `Weights` mapping read on demand from the memory-mapped files: a session holds the model's device
+arrays and nothing else, and the builder converts layer by layer (peak memory ≈ the weights once).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable, Iterator, Mapping
 from typing import Literal
 
 import numpy as np
 
 from harness.errors import InputError
 
+# The parameters' dtypes a model can be built in (float32: exact against transformers; bfloat16: half the memory).
+DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 Architecture = Literal["llama", "phi3"]
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = ("llama", "phi3")
 _LAYER_PREFIX = re.compile(r"^model\.layers\.(\d+)\.")
@@ -91,8 +97,49 @@ class ModelConfig:
         return shapes
 
 
-def check_weights(config: ModelConfig, weights: dict[str, np.ndarray], source: str) -> None:
-    """Raise a one-line InputError for a missing, unexpected or mis-shaped canonical weight."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StoredTensor:
+    """One canonical weight still on disk: its shape, the file it lives in, and how to read it (as stored, any float)."""
+
+    shape: tuple[int, ...]
+    file: str
+    read: Callable[[], np.ndarray]
+
+
+class Weights(Mapping[str, np.ndarray]):
+    """Canonical name -> weight, read afresh from the (memory-mapped) file at each access and cast to `dtype`.
+
+    Holds shapes and readers only, so no host copy outlives its use; the files must not change during the session.
+    """
+
+    def __init__(self, tensors: Mapping[str, StoredTensor], *, dtype, source: str):
+        self.tensors, self.dtype, self.source = dict(tensors), np.dtype(dtype), source
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.stored(name).astype(self.dtype, copy=False)
+
+    def stored(self, name: str) -> np.ndarray:
+        """The weight in its stored float dtype (no cast)."""
+        return np.asarray(self.tensors[name].read())
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.tensors[name].shape
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def nbytes(self, dtype=None) -> int:
+        """Bytes of all weights at `dtype` (default: this mapping's)."""
+        itemsize = np.dtype(self.dtype if dtype is None else dtype).itemsize
+        return sum(int(np.prod(t.shape, dtype=np.int64)) for t in self.tensors.values()) * itemsize
+
+
+def check_weights(config: ModelConfig, weights: Weights) -> None:
+    """Raise a one-line InputError for a missing, unexpected or mis-shaped canonical weight (from the headers alone)."""
+    source = weights.source
     layers = {int(m[1]) for m in map(_LAYER_PREFIX.match, weights) if m}
     if config.n_layers > len(layers):  # checked first: a corrupt layer count must not build millions of names
         first = next(i for i in range(config.n_layers) if i not in layers)
@@ -108,11 +155,21 @@ def check_weights(config: ModelConfig, weights: dict[str, np.ndarray], source: s
             f"{source}: unexpected weight {extra[0]} ({len(extra)} in all) for a {config.n_layers}-layer config"
         )
     for name, shape in expected.items():
-        got = tuple(weights[name].shape)
+        got = tuple(weights.shape(name))
         if got != shape:
-            raise InputError(f"{source}: weight {name} has shape {got}, config expects {shape}")
-        if not np.all(np.isfinite(weights[name])):
-            raise InputError(f"{source}: weight {name} holds NaN or inf values")
+            raise InputError(f"{weights.tensors[name].file}: weight {name} has shape {got}, config expects {shape}")
+
+
+def check_values(weights: Weights) -> None:
+    """Read every weight once, one at a time (peak: the largest tensor), and refuse one that does not read as its
+    header says or holds NaN or inf: a one-line InputError naming the file and weight. The readers call it."""
+    for name in weights:
+        array = weights.stored(name)
+        if tuple(array.shape) != weights.shape(name):
+            raise InputError(f"{weights.tensors[name].file}: weight {name} reads as shape {tuple(array.shape)}, "
+                             f"its header says {weights.shape(name)}")
+        if not np.all(np.isfinite(array)):
+            raise InputError(f"{weights.tensors[name].file}: weight {name} holds NaN or inf values")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -120,16 +177,19 @@ class Checkpoint:
     """A model as read from disk: config, canonical weights, tokenizer, and where it came from."""
 
     config: ModelConfig
-    weights: dict[str, np.ndarray]
+    weights: Weights
     tokenizer: "ChatTokenizer"  # noqa: F821 — harness.model.tokenizer.ChatTokenizer
     source: str
     ignored_fields: tuple[str, ...] = ()  # metadata keys read but not used (none of them changes the maths)
 
     def __post_init__(self):
-        check_weights(self.config, self.weights, self.source)
+        check_weights(self.config, self.weights)
 
     def unembedding(self) -> tuple[np.ndarray, np.ndarray]:
-        """(final RMSNorm scale [embedding], unembedding W_U [vocabulary, embedding]: lm_head or the tied embedding)."""
+        """(final RMSNorm scale [embedding], unembedding W_U [vocabulary, embedding]: lm_head or the tied embedding).
+
+        Read from the files on demand (float32), not kept.
+        """
         w = self.weights
         W_U = w["model.embed_tokens.weight"] if self.config.tie_embeddings else w["lm_head.weight"]
         return np.asarray(w["model.norm.weight"], np.float32), np.asarray(W_U, np.float32)

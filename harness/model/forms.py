@@ -8,7 +8,9 @@ to exactly one while loop. Forms convert into each other through the stacked blo
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import functools
 from typing import Any
 
 import jax
@@ -18,7 +20,9 @@ from penzai import pz
 from penzai.models.transformer import model_parts
 from penzai.models.transformer.variants import llamalike_common as llamalike
 
-from harness.model.config import Checkpoint, ModelConfig
+from harness.errors import InputError
+from harness.model import rewrites
+from harness.model.config import DTYPES, Checkpoint, ModelConfig, Weights
 
 # The named axis that stacks the decoder blocks (penzai's own name for it).
 LAYER_AXIS = "blocks"
@@ -37,8 +41,17 @@ class Form(str, enum.Enum):
 class ScanLayerStack(pz.nn.LayerStack):
     """`pz.nn.LayerStack` run as a true ``jax.lax.scan`` (``unroll=1``): one compiled block body.
 
-    Supports parameters only (no mutable state variables), which is all an inference model holds.
+    Runs blocks [start, stop) of the stack (default: all) by indexing the whole stacked params inside the loop, so a
+    forward that stops at a layer or starts from one copies no parameter. Parameters only (no mutable state variables),
+    which is all an inference model holds.
     """
+
+    start: int = dataclasses.field(default=0, metadata={"pytree_node": False})
+    stop: int | None = dataclasses.field(default=None, metadata={"pytree_node": False})
+
+    def blocks(self, start: int, stop: int) -> "ScanLayerStack":
+        """The same stack running blocks [start, stop) only."""
+        return dataclasses.replace(self, start=start, stop=stop)
 
     def __call__(self, argument, /, **side_inputs) -> Any:
         sublayer = pz.freeze_params(self.stacked_sublayers)
@@ -52,18 +65,30 @@ class ScanLayerStack(pz.nn.LayerStack):
         )
         slices = [a.untag_prefix(self.stack_axis).with_positional_prefix() for a in stacked.get_sequence()]
 
-        def body(carry, layer_slices):
-            out = stacked.set_sequence(layer_slices)(carry, **side_inputs)
+        def body(carry, index):
+            layer = jax.tree_util.tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, index, 0, keepdims=False), slices)
+            out = stacked.set_sequence(layer)(carry, **side_inputs)
             return pz.nx.order_like(out, carry), None
 
-        out, _ = jax.lax.scan(body, argument, slices, length=self.stack_axis_size, unroll=1)
+        stop = self.stack_axis_size if self.stop is None else self.stop
+        out, _ = jax.lax.scan(body, argument, jnp.arange(self.start, stop), unroll=1)
         return out
 
 
-def penzai_config(
-    config: ModelConfig, *, form: Form, param_dtype=jnp.float32, activation_dtype=jnp.float32
-) -> llamalike.LlamalikeTransformerConfig:
-    """Our config in penzai's terms; embeddings are never tied here (penzai's tie also rescales)."""
+def param_dtype_of(dtype) -> jnp.dtype:
+    """`dtype` (a name in DTYPES or the dtype itself) as a jnp dtype; anything else is a one-line InputError."""
+    name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+    if name not in DTYPES:
+        raise InputError(f"dtype {name!r}: expected one of {list(DTYPES)}")
+    return jnp.dtype(name)
+
+
+def penzai_config(config: ModelConfig, *, form: Form, param_dtype=jnp.float32) -> llamalike.LlamalikeTransformerConfig:
+    """Our config in penzai's terms; embeddings are never tied here (penzai's tie also rescales).
+
+    Activations (the residual stream, norms, softmax) are float32 whatever the parameters' dtype; contractions run in
+    the parameters' dtype with float32 accumulation (harness.model.contractions).
+    """
     if config.sliding_window is not None and config.sliding_window < config.max_context:
         attention_type = llamalike.AttentionTypeSlidingWindowCausal(config.sliding_window)
     else:
@@ -82,58 +107,82 @@ def penzai_config(
         rms_norm_eps=config.rms_norm_eps,
         attention_type=attention_type,
         parameter_dtype=param_dtype,
-        activation_dtype=activation_dtype,
+        activation_dtype=jnp.float32,
         use_layer_stack=form is not Form.UNROLLED,
     )
 
 
-def _tag_qkvo(which: str, w: np.ndarray, c: ModelConfig) -> pz.nx.NamedArray:
-    """Reshape a canonical [out, in] projection into penzai's named head axes."""
-    g, m, p, d = c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_dim, c.d_model
+def _head_axes(which: str, c: ModelConfig) -> dict[str, int]:
+    """penzai's named head axes of the q/k/v/o projection (llamalike: heads, query_heads or head_groups x query_heads)."""
+    g, m = c.n_kv_heads, c.n_heads // c.n_kv_heads
     if m == 1:
-        heads, q_heads, kv_heads = {"heads": g}, {"heads": g}, {"heads": g}
+        heads, kv_heads = {"heads": g}, {"heads": g}
     elif g == 1:
-        heads, q_heads, kv_heads = {"query_heads": m}, {"query_heads": m}, {}
+        heads, kv_heads = {"query_heads": m}, {}
     else:
-        heads = {"head_groups": g, "query_heads": m}
-        q_heads, kv_heads = heads, {"head_groups": g}
-    axes = {"q": q_heads, "k": kv_heads, "v": kv_heads, "o": heads}[which]
+        heads, kv_heads = {"head_groups": g, "query_heads": m}, {"head_groups": g}
+    return kv_heads if which in ("k", "v") else heads
+
+
+# penzai label suffix of each per-block parameter -> (canonical weight suffix, how to shape it: named axes in data order).
+_BLOCK_PARAMS = {
+    "pre_attention_norm/scale.weights": "input_layernorm.weight",
+    "pre_ffw_norm/scale.weights": "post_attention_layernorm.weight",
+    "mlp/gating_linear.weights": "mlp.gate_proj.weight",
+    "mlp/value_linear.weights": "mlp.up_proj.weight",
+    "mlp/out_linear.weights": "mlp.down_proj.weight",
+    "attention/query.weights": "self_attn.q_proj.weight",
+    "attention/key.weights": "self_attn.k_proj.weight",
+    "attention/value.weights": "self_attn.v_proj.weight",
+    "attention/output.weights": "self_attn.o_proj.weight",
+}
+
+
+def _block_axes(label: str, c: ModelConfig) -> dict[str, int]:
+    """Named axes of one block's parameter, in the canonical [out, in] data order (so no transpose is ever needed)."""
+    d, p = c.d_model, c.head_dim
+    if label.endswith("norm/scale.weights"):
+        return {"embedding": d}
+    if label.startswith("mlp/"):
+        return {"embedding": d, "neurons": c.d_ffn} if label.startswith("mlp/out") else {"neurons": c.d_ffn, "embedding": d}
+    which = label.removeprefix("attention/")[0]  # q, k, v, o
+    heads = _head_axes(which, c)
     if which == "o":
-        return pz.nx.wrap(w.reshape(d, *axes.values(), p)).tag("embedding", *axes, "projection")
-    return pz.nx.wrap(w.reshape(*axes.values(), p, d)).tag(*axes, "projection", "embedding")
+        return {"embedding": d, **heads, "projection": p}
+    return {**heads, "projection": p, "embedding": d}
 
 
-def stacked_block_params(config: ModelConfig, weights: dict[str, np.ndarray], dtype) -> dict[str, pz.nx.NamedArray]:
-    """Per-block parameters keyed by penzai's label suffix, stacked along LAYER_AXIS."""
-    per_layer = {
-        "pre_attention_norm/scale.weights": ("input_layernorm.weight", ("embedding",)),
-        "pre_ffw_norm/scale.weights": ("post_attention_layernorm.weight", ("embedding",)),
-        "mlp/gating_linear.weights": ("mlp.gate_proj.weight", ("neurons", "embedding")),
-        "mlp/value_linear.weights": ("mlp.up_proj.weight", ("neurons", "embedding")),
-        "mlp/out_linear.weights": ("mlp.down_proj.weight", ("embedding", "neurons")),
-    }
+@functools.partial(jax.jit, donate_argnums=0)
+def _put_layer(stacked: jax.Array, layer: jax.Array, index: jax.Array) -> jax.Array:
+    """`stacked` with row `index` of its leading axis set to `layer`, in place (the buffer is donated)."""
+    return jax.lax.dynamic_update_index_in_dim(stacked, layer.astype(stacked.dtype), index, 0)
+
+
+def stacked_block_params(config: ModelConfig, weights: Weights, dtype) -> dict[str, pz.nx.NamedArray]:
+    """Per-block parameters keyed by penzai's label suffix, stacked along LAYER_AXIS (the leading data axis).
+
+    Each stack is allocated once in `dtype` and filled layer by layer from the memory-mapped files (read as stored, cast
+    on the device), so the host holds one layer at a time and the stacks are the only full copy.
+    """
     out = {}
-    for label, (name, axes) in per_layer.items():
-        arr = np.stack([weights[f"model.layers.{i}.{name}"] for i in range(config.n_layers)])
-        out[label] = pz.nx.wrap(jnp.asarray(arr, dtype)).tag(LAYER_AXIS, *axes)
-    for which, name in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj")):
-        per_block = [
-            _tag_qkvo(which, np.asarray(weights[f"model.layers.{i}.self_attn.{name}.weight"]), config)
-            for i in range(config.n_layers)
-        ]
-        out[f"attention/{ {'q': 'query', 'k': 'key', 'v': 'value', 'o': 'output'}[which] }.weights"] = (
-            pz.nx.stack(per_block, LAYER_AXIS).astype(dtype)
-        )
+    for label, suffix in _BLOCK_PARAMS.items():
+        axes = _block_axes(label, config)
+        stacked = jnp.zeros((config.n_layers, *axes.values()), dtype)
+        for i in range(config.n_layers):
+            layer = weights.stored(f"model.layers.{i}.{suffix}").reshape(tuple(axes.values()))
+            stacked = _put_layer(stacked, layer, np.int32(i)).block_until_ready()  # else queued layers pile up on the host
+        out[label] = pz.nx.wrap(stacked).tag(LAYER_AXIS, *axes)
     return out
 
 
-def _global_params(config: ModelConfig, weights: dict[str, np.ndarray], dtype) -> dict[str, pz.nx.NamedArray]:
-    embed = jnp.asarray(weights["model.embed_tokens.weight"], dtype)
-    head = embed if config.tie_embeddings else jnp.asarray(weights["lm_head.weight"], jnp.float32)
+def _global_params(config: ModelConfig, weights: Weights, dtype) -> dict[str, pz.nx.NamedArray]:
+    """Embedding, final norm and unembedding in `dtype`; a tied unembedding is the embedding's own array (held once)."""
+    embed = jnp.asarray(weights.stored("model.embed_tokens.weight")).astype(dtype)
+    head = embed if config.tie_embeddings else jnp.asarray(weights.stored("lm_head.weight")).astype(dtype)
     return {
         "embedder.embeddings": pz.nx.wrap(embed).tag("vocabulary", "embedding"),
-        "final_norm/scale.weights": pz.nx.wrap(jnp.asarray(weights["model.norm.weight"], dtype)).tag("embedding"),
-        "lm_head.weights": pz.nx.wrap(head.astype(jnp.float32)).tag("vocabulary", "embedding"),
+        "final_norm/scale.weights": pz.nx.wrap(jnp.asarray(weights.stored("model.norm.weight")).astype(dtype)).tag("embedding"),
+        "lm_head.weights": pz.nx.wrap(head).tag("vocabulary", "embedding"),
     }
 
 
@@ -142,13 +191,12 @@ def assemble(
     global_params: dict[str, pz.nx.NamedArray],
     blocks: dict[str, pz.nx.NamedArray],
     form: Form,
-    *,
-    param_dtype=jnp.float32,
 ) -> model_parts.TransformerLM:
-    """Bind global and stacked block params into the penzai skeleton of `form`."""
+    """Bind global and stacked block params into the penzai skeleton of `form`, contracting in the params' dtype."""
     form = Form(form)
+    dtype = blocks["mlp/out_linear.weights"].dtype
     skeleton = llamalike.build_llamalike_transformer(
-        penzai_config(config, form=form, param_dtype=param_dtype), init_base_rng=None, name=_PREFIX
+        penzai_config(config, form=form, param_dtype=dtype), init_base_rng=None, name=_PREFIX
     )
     params = dict(global_params)
     if form is Form.UNROLLED:
@@ -161,6 +209,7 @@ def assemble(
         skeleton, [pz.Parameter(value=v, label=f"{_PREFIX}/{k}") for k, v in params.items()]
     )
     pz.nn.assert_no_parameter_slots(model)
+    model = rewrites.rewrite_layers(model, dtype)
     if form is Form.SCAN:
         model = (
             pz.select(model)
@@ -170,13 +219,14 @@ def assemble(
     return model
 
 
-def build_model(checkpoint: Checkpoint, *, form: Form | str = Form.SCAN, param_dtype=jnp.float32):
-    """A penzai TransformerLM for `checkpoint` in the given execution form."""
-    c, w = checkpoint.config, checkpoint.weights
-    return assemble(
-        c, _global_params(c, w, param_dtype), stacked_block_params(c, w, param_dtype), Form(form),
-        param_dtype=param_dtype,
-    )
+def build_model(checkpoint: Checkpoint, *, form: Form | str = Form.SCAN, dtype="float32"):
+    """A penzai TransformerLM for `checkpoint` in the given execution form, its parameters in `dtype`.
+
+    "bfloat16" halves the parameters' memory and runs every contraction bf16 x bf16 -> float32 (the CPU's bf16 matrix
+    units); the residual stream, norms and softmax stay float32.
+    """
+    c, w, dtype = checkpoint.config, checkpoint.weights, param_dtype_of(dtype)
+    return assemble(c, _global_params(c, w, dtype), stacked_block_params(c, w, dtype), Form(form))
 
 
 def form_of(model: model_parts.TransformerLM) -> Form:
@@ -203,12 +253,13 @@ def split_params(model: model_parts.TransformerLM) -> tuple[dict, dict]:
         else:
             global_params[label] = p.value
     for label, by_index in per_block.items():
-        stacked[label] = pz.nx.stack([by_index[i] for i in range(len(by_index))], LAYER_AXIS)
+        names = tuple(by_index[0].named_shape)
+        layers = [by_index[i].unwrap(*names) for i in range(len(by_index))]
+        stacked[label] = pz.nx.wrap(jnp.stack(layers)).tag(LAYER_AXIS, *names)  # layer axis leading, as built
     return global_params, stacked
 
 
 def convert(model: model_parts.TransformerLM, config: ModelConfig, form: Form | str):
     """The same weights in another execution form."""
     global_params, blocks = split_params(model)
-    dtype = next(iter(blocks.values())).dtype
-    return assemble(config, global_params, blocks, Form(form), param_dtype=dtype)
+    return assemble(config, global_params, blocks, Form(form))

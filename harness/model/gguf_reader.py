@@ -7,6 +7,7 @@ tensor names onto `ModelConfig` and the canonical layout, undoing llama.cpp's Q/
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import re
@@ -19,9 +20,9 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers
 from pydantic import Field
 
 from harness.errors import InputError
-from harness.model.config import Checkpoint, ModelConfig
+from harness.model.config import Checkpoint, ModelConfig, StoredTensor, Weights, check_values, check_weights
 from harness.model.tokenizer import ChatTokenizer
-from harness.validation import FiniteFloat, NonNegativeInt, PositiveFloat, PositiveInt, Schema, StrictBool, StrictStr, validate
+from harness.validation import MappedTensor, FiniteFloat, NonNegativeInt, PositiveFloat, PositiveInt, Schema, StrictBool, StrictStr, validate
 
 Q = gguf.GGMLQuantizationType
 
@@ -177,6 +178,8 @@ def read_gguf(path: str | os.PathLike, *, dtype=np.float32) -> Checkpoint:
     values = metadata_values(reader, path)
     config = read_config(reader, path, tensors, values=values)
     weights = read_weights(config, tensors, path, dtype=dtype)
+    check_weights(config, weights)
+    check_values(weights)
     tokenizer = read_tokenizer(reader, path, values=values)
     if tokenizer.vocab_size > config.vocab_size:
         raise InputError(
@@ -247,22 +250,29 @@ def read_config(reader: gguf.GGUFReader, path: pathlib.Path, tensors: dict, *, v
         raise InputError(f"{path}: {error}") from None
 
 
-def read_weights(config: ModelConfig, tensors: dict, path: pathlib.Path, *, dtype=np.float32) -> dict[str, np.ndarray]:
-    """Every GGUF tensor dequantized and renamed to the canonical layout; unknown tensors raise."""
-    weights: dict[str, np.ndarray] = {}
+def read_weights(config: ModelConfig, tensors: dict, path: pathlib.Path, *, dtype=np.float32) -> Weights:
+    """Every GGUF tensor renamed to the canonical layout, dequantized on each read (the file stays memory-mapped);
+    unknown tensors raise."""
+    weights: dict[str, StoredTensor] = {}
     for name, tensor in tensors.items():
-        array = dequantized(tensor, path).astype(dtype, copy=False)
+        # mapped afresh at each read (tensor.data would keep the reader's map of the whole file for the session)
+        mapped = MappedTensor(path=path, dtype=tensor.data.dtype, shape=tuple(tensor.data.shape),
+                              offset=int(tensor.data_offset))
+        gguf_shape = tuple(int(d) for d in tensor.shape)
+        whole = StoredTensor(shape=gguf_shape[::-1], file=str(path),
+                             read=lambda name=name, qtype=tensor.tensor_type, shape=gguf_shape, mapped=mapped:
+                             dequantized(name, qtype, shape, mapped.read(), path))
         if name in _GLOBAL_TENSORS:
-            weights[_GLOBAL_TENSORS[name]] = array
+            weights[_GLOBAL_TENSORS[name]] = whole
             continue
         match = _LAYER_NAME.match(name)
         if match is None or int(match[1]) >= config.n_layers:
             raise InputError(f"{path}: tensor {name} is not part of a {config.n_layers}-layer {config.architecture} model")
         prefix, suffix = f"model.layers.{match[1]}.", match[2]
         if config.architecture == "phi3" and suffix in ("attn_qkv.weight", "ffn_up.weight"):
-            pieces = {prefix + k: v for k, v in split_phi3_fused(config, suffix, array, path, name).items()}
+            pieces = {prefix + k: v for k, v in split_phi3_fused(config, suffix, whole, path, name).items()}
         elif suffix in _LAYER_TENSORS and not (config.architecture == "phi3" and suffix == "ffn_gate.weight"):
-            pieces = {prefix + _LAYER_TENSORS[suffix]: array}
+            pieces = {prefix + _LAYER_TENSORS[suffix]: whole}
         else:
             raise InputError(f"{path}: tensor {name} is not part of a {config.architecture} model")
         for key in pieces.keys() & weights.keys():
@@ -274,29 +284,31 @@ def read_weights(config: ModelConfig, tensors: dict, path: pathlib.Path, *, dtyp
             for proj, heads in (("q_proj", config.n_heads), ("k_proj", config.n_kv_heads)):
                 key = f"model.layers.{i}.self_attn.{proj}.weight"
                 if key in weights and weights[key].shape[0] == heads * config.head_dim:
-                    weights[key] = unpermute_rope_rows(weights[key], heads)
-    return weights
+                    permuted = weights[key]
+                    weights[key] = dataclasses.replace(
+                        permuted, read=lambda permuted=permuted, heads=heads: unpermute_rope_rows(permuted.read(), heads))
+    return Weights(weights, dtype=dtype, source=str(path))
 
 
-def dequantized(tensor, path: pathlib.Path) -> np.ndarray:
-    """One tensor as float32 in numpy order ([out, in]); unsupported types and short data raise."""
-    qtype = tensor.tensor_type
+def dequantized(name: str, qtype: Q, shape: tuple[int, ...], data: np.ndarray, path: pathlib.Path) -> np.ndarray:
+    """One tensor (GGUF `shape`, raw `data`) as float32 in numpy order ([out, in]); unsupported types and short data
+    raise."""
     if qtype not in SUPPORTED_TENSOR_TYPES:
         supported = ", ".join(sorted(t.name for t in SUPPORTED_TENSOR_TYPES))
-        raise InputError(f"{path}: tensor {tensor.name} has type {qtype.name}, expected one of {supported}")
+        raise InputError(f"{path}: tensor {name} has type {qtype.name}, expected one of {supported}")
     block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
-    n_elements = int(np.prod(tensor.shape, dtype=np.int64))
+    n_elements = int(np.prod(shape, dtype=np.int64))
     expected_bytes = n_elements // block_size * type_size
-    if n_elements % block_size or tensor.data.nbytes != expected_bytes:
+    if n_elements % block_size or data.nbytes != expected_bytes:
         raise InputError(
-            f"{path}: tensor {tensor.name} ({qtype.name}, shape {tuple(int(d) for d in tensor.shape)}) "
-            f"holds {tensor.data.nbytes} bytes, expected {expected_bytes} (truncated or corrupt file)"
+            f"{path}: tensor {name} ({qtype.name}, shape {shape}) "
+            f"holds {data.nbytes} bytes, expected {expected_bytes} (truncated or corrupt file)"
         )
     try:
-        array = gguf.quants.dequantize(np.asarray(tensor.data), qtype)
+        array = gguf.quants.dequantize(np.asarray(data), qtype)
     except Exception as error:
-        raise InputError(f"{path}: tensor {tensor.name} ({qtype.name}) failed to dequantize ({_one_line(error)})") from error
-    return array.reshape(tuple(int(d) for d in reversed(tensor.shape))).astype(np.float32, copy=False)
+        raise InputError(f"{path}: tensor {name} ({qtype.name}) failed to dequantize ({_one_line(error)})") from error
+    return array.reshape(shape[::-1]).astype(np.float32, copy=False)
 
 
 def unpermute_rope_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
@@ -308,19 +320,20 @@ def unpermute_rope_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
     return weight.reshape(n_heads, rows // n_heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def split_phi3_fused(config: ModelConfig, suffix: str, array: np.ndarray, path: pathlib.Path, name: str) -> dict[str, np.ndarray]:
+def split_phi3_fused(config: ModelConfig, suffix: str, fused: StoredTensor, path: pathlib.Path, name: str) -> dict[str, StoredTensor]:
     """Split phi3's fused attn_qkv ([q; k; v] rows) or ffn_up ([gate; up] rows) after checking its shape."""
     d, q, kv, f = config.d_model, config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim, config.d_ffn
     expected = (q + 2 * kv, d) if suffix == "attn_qkv.weight" else (2 * f, d)
-    if tuple(array.shape) != expected:
-        raise InputError(f"{path}: tensor {name} has shape {tuple(array.shape)}, config expects {expected}")
+    if tuple(fused.shape) != expected:
+        raise InputError(f"{path}: tensor {name} has shape {tuple(fused.shape)}, config expects {expected}")
+
+    def rows(start: int, stop: int) -> StoredTensor:
+        return StoredTensor(shape=(stop - start, d), file=fused.file, read=lambda: fused.read()[start:stop])
+
     if suffix == "attn_qkv.weight":
-        return {
-            "self_attn.q_proj.weight": array[:q],
-            "self_attn.k_proj.weight": array[q : q + kv],
-            "self_attn.v_proj.weight": array[q + kv :],
-        }
-    return {"mlp.gate_proj.weight": array[:f], "mlp.up_proj.weight": array[f:]}
+        return {"self_attn.q_proj.weight": rows(0, q), "self_attn.k_proj.weight": rows(q, q + kv),
+                "self_attn.v_proj.weight": rows(q + kv, q + 2 * kv)}
+    return {"mlp.gate_proj.weight": rows(0, f), "mlp.up_proj.weight": rows(f, 2 * f)}
 
 
 def read_tokenizer(reader: gguf.GGUFReader, path: pathlib.Path, *, values: dict | None = None) -> ChatTokenizer:

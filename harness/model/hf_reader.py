@@ -15,10 +15,10 @@ import numpy as np
 import tokenizers
 
 from harness.errors import InputError
-from harness.model.config import Checkpoint, ModelConfig, check_weights
+from harness.model.config import Checkpoint, ModelConfig, StoredTensor, Weights, check_values, check_weights
 from harness.model.tokenizer import ChatTokenizer
 from harness.validation import (FiniteFloat, NonNegativeInt, PositiveFloat, PositiveInt, Schema, StrictBool, StrictStr,
-                                read_json_object, read_safetensors, read_text, short_repr, validate)
+                                MappedTensor, read_json_object, map_safetensors, read_text, short_repr, validate)
 
 CONFIG_FILE = "config.json"
 SINGLE_WEIGHTS_FILE = "model.safetensors"
@@ -149,7 +149,8 @@ def read_hf_dir(path: str | os.PathLike, *, dtype=np.float32) -> Checkpoint:
     config = model_config_from_hf(raw, source=str(directory / CONFIG_FILE))
     stored, weights_source = read_safetensors_dir(directory)
     weights = canonical_weights(stored, config, source=weights_source, dtype=dtype)
-    check_weights(config, weights, weights_source)
+    check_weights(config, weights)
+    check_values(weights)
     tokenizer = read_hf_tokenizer(directory, vocab_size=config.vocab_size)
     ignored = ignored_config_keys(raw)
     return Checkpoint(config=config, weights=weights, tokenizer=tokenizer, source=str(directory), ignored_fields=ignored)
@@ -264,8 +265,8 @@ def _rope_theta(cfg: HFConfig, source: str) -> float:
     return _ROPE_THETA_DEFAULT
 
 
-def read_safetensors_dir(directory: pathlib.Path) -> tuple[dict[str, np.ndarray], str]:
-    """All tensors of a directory's model.safetensors, or of every shard its index lists, and that source."""
+def read_safetensors_dir(directory: pathlib.Path) -> tuple[dict[str, MappedTensor], str]:
+    """Where all tensors lie in a directory's model.safetensors, or of every shard its index lists, and that source."""
     index_path = directory / INDEX_FILE
     if index_path.exists():
         return _read_sharded(index_path), str(index_path)
@@ -279,7 +280,7 @@ def read_safetensors_dir(directory: pathlib.Path) -> tuple[dict[str, np.ndarray]
     )
 
 
-def _read_sharded(index_path: pathlib.Path) -> dict[str, np.ndarray]:
+def _read_sharded(index_path: pathlib.Path) -> dict[str, MappedTensor]:
     """Tensors of every shard an index lists; each shard must hold exactly the tensors mapped to it."""
     index = _read_json(index_path)
     weight_map = index.get("weight_map")
@@ -294,7 +295,7 @@ def _read_sharded(index_path: pathlib.Path) -> dict[str, np.ndarray]:
     for shard in sorted(by_shard):
         if not (index_path.parent / shard).is_file():
             raise InputError(f"{index_path}: shard {shard!r} (holding {len(by_shard[shard])} tensors) does not exist")
-    tensors: dict[str, np.ndarray] = {}
+    tensors: dict[str, MappedTensor] = {}
     for shard in sorted(by_shard):
         shard_path = index_path.parent / shard
         shard_tensors = _read_safetensors_file(shard_path)
@@ -308,9 +309,9 @@ def _read_sharded(index_path: pathlib.Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def _read_safetensors_file(path: pathlib.Path) -> dict[str, np.ndarray]:
-    """Every tensor of one weights file, dtypes as stored (bf16 kept); a non-float tensor is refused."""
-    tensors = read_safetensors(path, expected="a safetensors weights file")
+def _read_safetensors_file(path: pathlib.Path) -> dict[str, MappedTensor]:
+    """Where every tensor of one weights file lies, dtypes as stored (bf16 kept); a non-float tensor is refused."""
+    tensors = map_safetensors(path, expected="a safetensors weights file")
     for name, array in tensors.items():
         if array.dtype.name not in FLOAT_DTYPES:  # e.g. F32 bits relabelled I32: not weights
             raise InputError(f"{path}: tensor {name} has dtype {array.dtype.name}, expected a float dtype {FLOAT_DTYPES}")
@@ -318,46 +319,54 @@ def _read_safetensors_file(path: pathlib.Path) -> dict[str, np.ndarray]:
 
 
 def canonical_weights(
-    stored: dict[str, np.ndarray], config: ModelConfig, *, source: str, dtype=np.float32
-) -> dict[str, np.ndarray]:
-    """Stored HF tensors → canonical names and `dtype`: Phi-3 fused tensors split, tied lm_head dropped."""
+    stored: dict[str, MappedTensor], config: ModelConfig, *, source: str, dtype=np.float32
+) -> Weights:
+    """Stored HF tensors (memory maps) → canonical names read as `dtype`: Phi-3 fused tensors split, tied lm_head dropped."""
     dtype = _float_dtype(dtype)
-    weights = {name: np.asarray(array).astype(dtype, copy=False) for name, array in stored.items()}
+    tensors = {name: _on_disk(array, source) for name, array in stored.items()}
     if config.architecture == "phi3":
-        weights = _split_phi3(weights, config, source)
-    if config.tie_embeddings and "lm_head.weight" in weights:
-        embed = weights.get("model.embed_tokens.weight")
-        if embed is None or not np.array_equal(weights["lm_head.weight"], embed):
+        tensors = _split_phi3(tensors, config, source)
+    if config.tie_embeddings and "lm_head.weight" in tensors:
+        embed = tensors.get("model.embed_tokens.weight")
+        if embed is None or not np.array_equal(tensors["lm_head.weight"].read(), embed.read()):
             raise InputError(
                 f"{source}: tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight"
             )
-        del weights["lm_head.weight"]
-    return weights
+        del tensors["lm_head.weight"]
+    return Weights(tensors, dtype=dtype, source=source)
 
 
-def _split_phi3(weights: dict[str, np.ndarray], config: ModelConfig, source: str) -> dict[str, np.ndarray]:
+def _on_disk(mapped: MappedTensor, source: str) -> StoredTensor:
+    return StoredTensor(shape=mapped.shape, file=str(mapped.path), read=mapped.read)
+
+
+def _rows(fused: StoredTensor, start: int, stop: int) -> StoredTensor:
+    """Rows [start, stop) of a fused tensor, read from the memory map without touching the other rows."""
+    return StoredTensor(shape=(stop - start, *fused.shape[1:]), file=fused.file, read=lambda: fused.read()[start:stop])
+
+
+def _split_phi3(tensors: dict[str, StoredTensor], config: ModelConfig, source: str) -> dict[str, StoredTensor]:
     """Split qkv_proj rows into [q; k; v] and gate_up_proj rows into [gate; up] for every layer."""
     q_rows, kv_rows, f = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim, config.d_ffn
-    out = dict(weights)
-    for name in sorted(weights):
+    out = dict(tensors)
+    for name in sorted(tensors):
         prefix, _, leaf = name.rpartition(".self_attn.qkv_proj.")
         if leaf == "weight":
             fused = out.pop(name)
-            _check_rows(fused, q_rows + 2 * kv_rows, name, source)
-            q, k, v = np.split(fused, [q_rows, q_rows + kv_rows], axis=0)
-            out |= {f"{prefix}.self_attn.{p}_proj.weight": w for p, w in zip("qkv", (q, k, v))}
+            _check_rows(fused.shape, q_rows + 2 * kv_rows, name, source)
+            bounds = (0, q_rows, q_rows + kv_rows, q_rows + 2 * kv_rows)
+            out |= {f"{prefix}.self_attn.{p}_proj.weight": _rows(fused, *bounds[i:i + 2]) for i, p in enumerate("qkv")}
         prefix, _, leaf = name.rpartition(".mlp.gate_up_proj.")
         if leaf == "weight":
             fused = out.pop(name)
-            _check_rows(fused, 2 * f, name, source)
-            gate, up = np.split(fused, [f], axis=0)
-            out |= {f"{prefix}.mlp.gate_proj.weight": gate, f"{prefix}.mlp.up_proj.weight": up}
+            _check_rows(fused.shape, 2 * f, name, source)
+            out |= {f"{prefix}.mlp.gate_proj.weight": _rows(fused, 0, f), f"{prefix}.mlp.up_proj.weight": _rows(fused, f, 2 * f)}
     return out
 
 
-def _check_rows(fused: np.ndarray, rows: int, name: str, source: str) -> None:
-    if fused.ndim != 2 or fused.shape[0] != rows:
-        raise InputError(f"{source}: weight {name} has shape {tuple(fused.shape)}, config expects ({rows}, d_model)")
+def _check_rows(shape: tuple[int, ...], rows: int, name: str, source: str) -> None:
+    if len(shape) != 2 or shape[0] != rows:
+        raise InputError(f"{source}: weight {name} has shape {tuple(shape)}, config expects ({rows}, d_model)")
 
 
 def read_hf_tokenizer(directory: pathlib.Path, *, vocab_size: int | None = None) -> ChatTokenizer:

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from harness.errors import InputError
-from harness.model.parallel import batch_multiple
+from harness.model.parallel import batch_multiple, to_host
 from harness.runs import compile_cache
 
 # At most this many distinct (rows, length) batch shapes, i.e. jit compiles of the forward, per plan_batches call.
@@ -192,9 +192,13 @@ class _Meter:
         self.start = time.perf_counter()
 
     def forward(self, call):
-        """Run `call()` and wait for every array it returns; the wait counts as forward time."""
+        """Run `call()` and wait for every array it returns; the wait counts as forward time.
+
+        With several processes each gets every result whole (`to_host`), so a `take` reads it as numpy."""
         t = time.perf_counter()
         out = jax.block_until_ready(call())
+        if jax.process_count() > 1:
+            out = jax.tree.map(to_host, out)
         self.forward_seconds += time.perf_counter() - t
         return out
 

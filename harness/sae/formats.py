@@ -1,7 +1,8 @@
 """Readers for the common SAE file formats (saex, SAELens, Gemma Scope) and the harness's own format.
 
 Each reader returns (SAEParams, SAEMeta) in the one layout of ``harness.sae.sae``; weights must be float
-(cast to float32), are checked for shape and finiteness, and every tensor in the file must be used by the
+(cast to float32, each tensor read from the file once straight into the float32 buffer the SAE then holds, so a load
+peaks at about the float32 weights' bytes: benchmarks/sae_memory.py), are checked for shape and finiteness, and every tensor in the file must be used by the
 reader, or the load fails naming the leftover ones (a file is never half-read). Config values are typed and
 ranged by one schema per format (``harness.validation``); harmless unknown keys come back in
 ``SAEMeta.ignored_fields``. The format is told from the files and, for cfg.json folders, from the tensors:
@@ -22,6 +23,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import safetensors
@@ -32,7 +34,7 @@ from pydantic import ConfigDict
 from harness.errors import InputError
 from harness.sae.sae import SAEMeta, SAEParams, check_params
 from harness.validation import (NonNegativeInt, PositiveFloat, PositiveInt, Schema, StrictBool, StrictStr, file_error,
-                                one_line, read_json_object, read_safetensors, short_repr, validate)
+                                map_safetensors, one_line, read_json_object, short_repr, validate)
 
 NATIVE_FORMAT = "harness-sae"
 NATIVE_VERSION = 1
@@ -54,10 +56,56 @@ _SAEX_ONLY_TENSORS = frozenset({"s_gate", "scaling_factor", "mean_norm", "tgt_me
 
 
 def _float_tensor(name: str, array: np.ndarray, source: Path) -> np.ndarray:
-    """A weight tensor widened to float32; integer, bool or other dtypes are refused (bits relabelled are not weights)."""
+    """The array itself after checking it is float; integer, bool or other dtypes are refused (bits relabelled are not
+    weights)."""
     if array.dtype.name not in FLOAT_DTYPES:
         raise InputError(f"{source}: tensor {name} has dtype {array.dtype.name}, expected a float dtype {FLOAT_DTYPES}")
-    return np.asarray(array, dtype=np.float32)
+    return array
+
+
+_ALIGN = 64  # bytes: JAX's CPU client takes a host buffer aligned to this without copying it
+_READ_CELLS = 1 << 22  # cells of one read block when a tensor is widened to float32 as it is read (16 MiB of float32)
+
+
+def _aligned_float32(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised C-contiguous float32 array whose data starts on a _ALIGN-byte boundary."""
+    n = math.prod(shape) * 4
+    raw = np.empty(n + _ALIGN, np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    return raw[start:start + n].view(np.float32).reshape(shape)
+
+
+def _to_device(array: np.ndarray) -> jax.Array:
+    """A float32 jax array of `array`, the weights held once: an aligned float32 host array is handed to JAX as it is
+    (on CPU without a copy), anything else is widened once into such an array first."""
+    if not (array.dtype == np.float32 and array.flags.c_contiguous and array.ctypes.data % _ALIGN == 0):
+        out = _aligned_float32(array.shape)
+        np.copyto(out, array, casting="unsafe")
+        array = out
+    return jax.device_put(array)
+
+
+def _read_float32(handle, tensor) -> np.ndarray:
+    """One tensor of map_safetensors (its dtype, shape and byte offset) read from the open file straight into an aligned
+    float32 array, float16/bfloat16/float64 converted block by block: no whole-tensor copy, nothing left mapped."""
+    out = _aligned_float32(tuple(tensor.shape))
+    flat = out.reshape(-1)
+    native = np.dtype(tensor.dtype) == np.float32
+    block = None if native else np.empty(min(flat.size, _READ_CELLS), tensor.dtype)
+    handle.seek(tensor.offset)
+    for start in range(0, flat.size, _READ_CELLS):
+        stop = min(start + _READ_CELLS, flat.size)
+        target = flat[start:stop] if native else block[:stop - start]
+        view = memoryview(target.view(np.uint8))
+        got = 0
+        while got < view.nbytes:
+            n = handle.readinto(view[got:])
+            if not n:
+                raise OSError(f"file ends inside tensor data (offset {tensor.offset})")
+            got += n
+        if not native:
+            flat[start:stop] = target
+    return out
 
 
 def safetensors_names(path: Path) -> tuple[str, ...]:
@@ -69,22 +117,29 @@ def safetensors_names(path: Path) -> tuple[str, ...]:
         raise InputError(f"{path}: cannot read as safetensors ({one_line(err, 150)})") from err
 
 
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """All tensors of a safetensors file as float32 numpy arrays (bf16/f16 widened; non-float dtypes refused)."""
-    raw = read_safetensors(path, expected="a .safetensors file of SAE weights")
-    return {key: _float_tensor(key, value, path) for key, value in raw.items()}
+def _read_safetensors(path: Path) -> dict[str, jax.Array]:
+    """All tensors of a safetensors file as float32 jax arrays, each read once from the file into the buffer JAX then
+    holds (bf16/f16 widened as read; non-float dtypes refused before anything is read)."""
+    mapped = map_safetensors(path, expected="a .safetensors file of SAE weights")
+    for name, array in mapped.items():
+        _float_tensor(name, array, path)
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            return {name: jax.device_put(_read_float32(handle, mapped.pop(name))) for name in list(mapped)}
+    except OSError as err:
+        raise file_error(path, err, expected="a .safetensors file of SAE weights") from err
 
 
-def _take(tensors: dict[str, np.ndarray], name: str, source: Path, why: str = "") -> jnp.ndarray:
+def _take(tensors: dict[str, jax.Array], name: str, source: Path, why: str = "") -> jax.Array:
     """Pop a required tensor or raise a one-line InputError naming the file and the tensor."""
     if name not in tensors:
         have = ", ".join(sorted(tensors)) or "none"
         raise InputError(f"{source}: tensor {name} missing{why}; file has: {have}")
-    return jnp.asarray(tensors.pop(name), dtype=jnp.float32)
+    return tensors.pop(name)
 
 
-def _take_optional(tensors: dict[str, np.ndarray], name: str):
-    return jnp.asarray(tensors.pop(name), dtype=jnp.float32) if name in tensors else None
+def _take_optional(tensors: dict[str, jax.Array], name: str):
+    return tensors.pop(name) if name in tensors else None
 
 
 def _scalar(tensors: dict[str, np.ndarray], name: str, source: Path) -> float | None:
@@ -406,8 +461,9 @@ def load_saelens(
 # ---------------------------------------------------------------- Gemma Scope
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of an .npz (no pickles), float32; `W_enc` and `w_enc` both present is an error, not a choice."""
+def _read_npz(path: Path) -> dict[str, jax.Array]:
+    """Every array of an .npz (no pickles) as a float32 jax array, each converted as it is read (one array's numpy copy
+    at a time); `W_enc` and `w_enc` both present is an error, not a choice."""
     if path.is_dir():
         raise file_error(path, IsADirectoryError(21, "folder"), expected="a params.npz file")
     tensors: dict[str, np.ndarray] = {}
@@ -419,7 +475,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
                 name = "W_" + key[2:] if key.startswith("w_") else key
                 if name in tensors:
                     raise InputError(f"{path}: arrays {name} and {key} both present; expected one of them")
-                tensors[name] = _float_tensor(key, np.asarray(data[key]), path)
+                tensors[name] = _to_device(_float_tensor(key, np.asarray(data[key]), path))
     except InputError:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, TypeError, AttributeError) as err:

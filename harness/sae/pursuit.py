@@ -27,11 +27,27 @@ class PursuitResult:
         return tuple(int(i) for i in np.argsort(-np.abs(self.weights), kind="stable")[:n])
 
 
+BLOCK_CELLS = 1 << 22  # dictionary cells widened to float64 at a time (32 MiB), so a 49,152-atom decoder is never copied
+
+
+def _gradient(D: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """g = D r [atom] in float64, the dictionary widened a block of rows at a time (each row's dot is its own)."""
+    g = np.empty(D.shape[0])
+    step = max(1, BLOCK_CELLS // max(1, D.shape[1]))
+    for start in range(0, D.shape[0], step):
+        g[start:start + step] = D[start:start + step].astype(np.float64) @ r
+    return g
+
+
 def gradient_pursuit(x, dictionary, *, k: int, select: str = "max", nonnegative: bool = False) -> PursuitResult:
-    """k steps of gradient pursuit of x over the rows of `dictionary`; select "max" (argmax g) or "abs" (argmax |g|)."""
+    """k steps of gradient pursuit of x over the rows of `dictionary`; select "max" (argmax g) or "abs" (argmax |g|).
+
+    Float64 arithmetic on a dictionary of any float dtype, held as given: D r is taken a block of rows at a time and
+    Dᵀw, Dᵀg over the support only (w and the restricted g are zero elsewhere).
+    """
     if select not in ("max", "abs"):
         raise InputError(f"select: expected 'max' or 'abs', got {select!r}")
-    D = np.asarray(dictionary, dtype=np.float64)
+    D = np.asarray(dictionary)
     x = np.asarray(x, dtype=np.float64)
     if D.ndim != 2 or x.shape != (D.shape[1],):
         raise InputError(f"gradient_pursuit: expected dictionary [atom, d] and x [d], got {D.shape} and {x.shape}")
@@ -41,20 +57,25 @@ def gradient_pursuit(x, dictionary, *, k: int, select: str = "max", nonnegative:
     in_support = np.zeros(D.shape[0], dtype=bool)
     support: list[int] = []
     norms: list[float] = []
+
+    def combine(v: np.ndarray) -> np.ndarray:  # Dᵀv for v zero outside the support
+        rows = np.asarray(support, dtype=np.int64)
+        return D[rows].astype(np.float64).T @ v[rows]
+
     for _ in range(k):
-        r = x - D.T @ w
+        r = x - combine(w)
         norms.append(float(np.linalg.norm(r)))
-        g = D @ r
+        g = _gradient(D, r)
         pick = int(np.argmax(g if select == "max" else np.abs(g)))
         if not in_support[pick]:
             in_support[pick] = True
             support.append(pick)
         g = np.where(in_support, g, 0.0)
-        c = D.T @ g
+        c = combine(g)
         cc = float(c @ c)
         step = float(c @ r) / cc if cc > 0 else 0.0
         w = w + step * g
         if nonnegative:
             w = np.maximum(w, 0.0)
-    norms.append(float(np.linalg.norm(x - D.T @ w)))
+    norms.append(float(np.linalg.norm(x - combine(w))))
     return PursuitResult(weights=w, support=tuple(support), residual_norms=tuple(norms))

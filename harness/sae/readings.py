@@ -19,10 +19,14 @@ from harness.scoring import scores
 
 READINGS = ("encoder", "preact", "decoder")
 READING_AXES = ("question", "option", "feature")
-CHUNK_CELLS = 1 << 24  # float32 cells of one [question, option, feature-chunk] block (64 MiB)
+# float32 cells of one [question, option, feature-chunk] block (64 MiB), so the all-feature readings and their scores
+# take a bounded ~0.5 GB whatever d_sae is. The readings' float32 rounding depends on the chunk's width (the matmul's
+# shape), so changing this moves figures by float noise.
+CHUNK_CELLS = 1 << 24
 
 
 def _check_resid(resid, params: sae_lib.SAEParams) -> np.ndarray:
+    """resid [question, option, embedding] as float32 (a bfloat16 residual widened), finite."""
     r = np.asarray(resid, dtype=np.float32)
     if r.ndim != 3 or r.shape[2] != params.d_model:
         raise InputError(f"resid: expected [question, option, embedding={params.d_model}], got shape {r.shape}")
@@ -36,75 +40,114 @@ def _check_reading(reading: str) -> None:
         raise InputError(f"reading: expected one of {READINGS}, got {reading!r}")
 
 
-def _select(params: sae_lib.SAEParams, features) -> sae_lib.SAEParams:
-    """The SAE restricted to `features` (a slice or index array); exact for the feature-local encoders (relu,
-    jumprelu, gated) and for pre-activations, not for TopK's encoder (see feature_subset)."""
+def _encoder_of(params: sae_lib.SAEParams, features: np.ndarray) -> sae_lib.SAEParams:
+    """The SAE's encoder restricted to `features` (an index array), for encode and pre_activations only: exact for the
+    feature-local encoders (relu, jumprelu, gated), not for TopK's (which reads the full support, see _blocks). The
+    decoder is left whole and uncopied (neither function reads W_dec), so the result is not a consistent SAE."""
     cut = {name: (None if getattr(params, name) is None else getattr(params, name)[features])
            for name in ("b_enc", "threshold", "mag_scale", "b_mag")}
-    return dataclasses.replace(params, W_enc=params.W_enc[:, features], W_dec=params.W_dec[features], **cut)
+    return dataclasses.replace(params, W_enc=params.W_enc[:, features], **cut)
 
 
 def _topk_support(params: sae_lib.SAEParams, x: jax.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, values) [..., k] of a TopK SAE's active features (ties at the k-th value: lowest index, as encode)."""
-    pre = sae_lib.pre_activations(params, x, name="resid")
-    values, idx = jax.lax.top_k(pre, params.k)
-    return np.asarray(idx), np.asarray(jax.nn.relu(values))
+    """(indices, values) [rows, k] of a TopK SAE's active features on x [rows, embedding] (ties at the k-th value:
+    lowest index, as encode), a block of rows at a time so no [rows, d_sae] array is held."""
+    step = max(1, CHUNK_CELLS // params.d_sae)  # rows per block of at most CHUNK_CELLS pre-activations
+    idx, val = [], []
+    for start in range(0, x.shape[0], step):
+        values, top = jax.lax.top_k(sae_lib.pre_activations(params, x[start:start + step], name="resid"), params.k)
+        idx.append(np.asarray(top))
+        val.append(np.asarray(jax.nn.relu(values)))
+    return (np.concatenate(idx), np.concatenate(val)) if idx else (np.zeros((0, params.k), np.int32),
+                                                                    np.zeros((0, params.k), np.float32))
 
 
-def feature_subset(params: sae_lib.SAEParams, x, features, *, reading: str) -> np.ndarray:
+def _topk_block(support: tuple[np.ndarray, np.ndarray], features: np.ndarray) -> np.ndarray:
+    """TopK encoder readings [rows, len(features)] from the support: a feature's value where it is among the k."""
+    idx, val = support
+    wanted, back = np.unique(features, return_inverse=True)
+    pos = np.minimum(np.searchsorted(wanted, idx), wanted.size - 1)
+    rows, cols = np.nonzero(wanted[pos] == idx)
+    out = np.zeros((idx.shape[0], wanted.size), np.float32)
+    out[rows, pos[rows, cols]] = val[rows, cols]
+    return out[:, back.reshape(-1)]
+
+
+def feature_chunk_size(n_rows: int, n_features: int) -> int:
+    """Features per chunk so that one float32 block [rows, chunk] stays within CHUNK_CELLS."""
+    return int(max(1, min(n_features, CHUNK_CELLS // max(1, n_rows))))
+
+
+def _blocks(params: sae_lib.SAEParams, x: jax.Array, features: np.ndarray | None, *, reading: str,
+            chunk: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
+    """The one reading loop: (slice into the features asked, readings [rows, chunk] float32) for x [rows, embedding].
+
+    features None means all of the SAE's, in order. A chunk's readings of the feature-local encoders need only those
+    features' weights; TopK's encoder reads its full support once (in row blocks) and keeps the features asked.
+    """
+    feats = np.arange(params.d_sae) if features is None else features
+    if feats.size == 0:
+        return
+    step = chunk or feature_chunk_size(x.shape[0], feats.size)
+    support = _topk_support(params, x) if reading == "encoder" and params.architecture == "topk" else None
+    for start in range(0, feats.size, step):
+        sl = slice(start, min(start + step, feats.size))
+        idx = feats[sl]
+        if reading == "decoder":
+            block = sae_lib.decoder_projection(params, x, idx, name="resid")
+        elif reading == "preact":
+            block = sae_lib.pre_activations(_encoder_of(params, idx), x, name="resid")
+        elif support is None:
+            block = sae_lib.encode(_encoder_of(params, idx), x, name="resid")
+        else:
+            block = _topk_block(support, idx)
+        yield sl, np.asarray(block, dtype=np.float32)
+
+
+def _rows(params: sae_lib.SAEParams, x) -> jax.Array:
+    """x [..., embedding] (any float dtype, bfloat16 included) as float32 rows [rows, embedding]."""
+    x = jnp.asarray(x)
+    if x.ndim < 1 or x.shape[-1] != params.d_model:
+        raise InputError(f"resid: shape {tuple(x.shape)}, expected last axis d_model={params.d_model}")
+    return x.astype(jnp.float32).reshape(-1, params.d_model)
+
+
+def feature_subset(params: sae_lib.SAEParams, x, features, *, reading: str, chunk: int | None = None) -> np.ndarray:
     """Readings [..., feature] of the given `features` (in that order) on residuals x [..., embedding], any leading axes.
 
     Feature-local encoders run on those features only; a TopK feature fires only when among the k largest of all
     pre-activations, so TopK reads the full support once and keeps the asked features.
     """
     _check_reading(reading)
-    idx = sae_lib.check_features(params, features)
-    x = jnp.asarray(x, jnp.float32)
-    if reading == "decoder":
-        return np.asarray(sae_lib.decoder_projection(params, x, idx, name="resid"), np.float32)
-    if reading == "preact":
-        return np.asarray(sae_lib.pre_activations(_select(params, idx), x, name="resid"), np.float32)
-    if params.architecture != "topk":
-        return np.asarray(sae_lib.encode(_select(params, idx), x, name="resid"), np.float32)
-    top, values = _topk_support(params, x)                                        # [..., k]
-    return np.einsum("...kf,...k->...f", (top[..., None] == idx).astype(np.float32), values)
+    idx = sae_lib.check_features(params, features).reshape(-1)
+    rows = _rows(params, x)
+    out = np.empty((rows.shape[0], idx.size), np.float32)
+    for sl, block in _blocks(params, rows, idx, reading=reading, chunk=chunk):
+        out[:, sl] = block
+    return out.reshape(*np.shape(x)[:-1], idx.size)
 
 
-def feature_chunk_size(n_rows: int, d_sae: int) -> int:
-    """Features per chunk so that one float32 block [rows, chunk] stays within CHUNK_CELLS."""
-    return int(max(1, min(d_sae, CHUNK_CELLS // max(1, n_rows))))
-
-
-def reading_chunks(resid, params: sae_lib.SAEParams, *, reading: str,
+def reading_chunks(resid, params: sae_lib.SAEParams, *, reading: str, features=None,
                    chunk: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
-    """Yield (feature slice, readings [question, option, feature-chunk] float32) over all SAE features.
+    """Yield (slice into the features, readings [question, option, feature-chunk] float32) over all SAE features, or
+    over the `features` given (in that order).
 
-    Only one chunk is held at a time, so all 49,152 features of a large SAE can be scored on any machine.
+    Only one chunk is held at a time, so all 49,152 features of a large SAE can be scored on any machine; `chunk`
+    forces the features per chunk (the default keeps a chunk within CHUNK_CELLS float32 cells).
     """
     _check_reading(reading)
     r = _check_resid(resid, params)
     n_q, n_opt, d = r.shape
-    x = jnp.asarray(r.reshape(n_q * n_opt, d))
-    step = chunk or feature_chunk_size(n_q * n_opt, params.d_sae)
-    support = _topk_support(params, x) if reading == "encoder" and params.architecture == "topk" else None
-    for start in range(0, params.d_sae, step):
-        sl = slice(start, min(start + step, params.d_sae))
-        if reading == "decoder":
-            block = sae_lib.decoder_projection(params, x, np.arange(sl.start, sl.stop), name="resid")
-        elif reading == "preact":
-            block = sae_lib.pre_activations(_select(params, sl), x, name="resid")
-        elif support is None:
-            block = sae_lib.encode(_select(params, sl), x, name="resid")
-        else:
-            idx, val = support
-            block = np.zeros((x.shape[0], sl.stop - sl.start), np.float32)
-            rows, cols = np.nonzero((idx >= sl.start) & (idx < sl.stop))
-            block[rows, idx[rows, cols] - sl.start] = val[rows, cols]
-        yield sl, np.asarray(block, dtype=np.float32).reshape(n_q, n_opt, -1)
+    feats = None if features is None else sae_lib.check_features(params, features).reshape(-1)
+    for sl, block in _blocks(params, jnp.asarray(r.reshape(n_q * n_opt, d)), feats, reading=reading, chunk=chunk):
+        yield sl, block.reshape(n_q, n_opt, -1)
 
 
 def feature_readings(resid, params: sae_lib.SAEParams, *, reading: str, features=None) -> np.ndarray:
-    """Readings [question, option, feature] of all features, or of the `features` given (in that order)."""
+    """Readings [question, option, feature] of all features, or of the `features` given (in that order).
+
+    All features of a wide SAE make a large array (1,531 questions x 4 options x 49,152 features: 1.2 GB); whatever
+    reduces over features should loop over reading_chunks instead."""
     r = _check_resid(resid, params)
     if features is not None:
         return feature_subset(params, r, features, reading=reading)
@@ -138,7 +181,7 @@ class FeatureScores:
 
 
 def score_features(resid, answers, params: sae_lib.SAEParams, *, reading: str,
-                   tolerance: scores.Tolerance = scores.EXACT, identical=None) -> FeatureScores:
+                   tolerance: scores.Tolerance = scores.EXACT, identical=None, chunk: int | None = None) -> FeatureScores:
     """Score every SAE feature of one reading, one feature chunk at a time (seconds for 4096 features).
 
     tolerance / identical: the tie rule of the tie-aware ("share") figures (scores.argmax_credit); the "first" figures
@@ -147,7 +190,7 @@ def score_features(resid, answers, params: sae_lib.SAEParams, *, reading: str,
     a = np.asarray(answers)
     tie = dict(tolerance=tolerance, identical=identical)
     fields = {k: np.empty(params.d_sae) for k in ("share", "first", "argmin_share", "argmin_first", "auc", "logprob")}
-    for sl, block in reading_chunks(resid, params, reading=reading):
+    for sl, block in reading_chunks(resid, params, reading=reading, chunk=chunk):
         fields["share"][sl] = scores.argmax_accuracy(block, a, ties="share", **tie)
         fields["first"][sl] = scores.argmax_accuracy(block, a, ties="first")
         fields["argmin_share"][sl] = scores.argmin_accuracy(block, a, ties="share", **tie)

@@ -92,6 +92,18 @@ class SAEMeta:
     ignored_fields: tuple[str, ...] = ()  # config keys that do not change the maths, listed for the report
 
 
+@jax.jit
+def _all_finite_jit(x: jax.Array) -> jax.Array:
+    # x·0 is 0 for a finite x and NaN for ±inf/NaN, so the sum is finite iff every entry is; XLA fuses this into one
+    # pass, where jnp.all(jnp.isfinite(x)) materialises a boolean array the size of x (150 MB for a 49,152-wide W_enc).
+    return jnp.isfinite(jnp.sum(x * 0))
+
+
+def _all_finite(x) -> bool:
+    """Whether every value of x is finite, without an x-sized temporary."""
+    return bool(_all_finite_jit(x))
+
+
 def check_params(params: SAEParams, *, source: str) -> SAEParams:
     """Check shapes, architecture-specific fields and finiteness; raise InputError naming ``source``.
 
@@ -119,7 +131,7 @@ def check_params(params: SAEParams, *, source: str) -> SAEParams:
             continue
         if tuple(value.shape) != shape:
             raise InputError(f"{source}: tensor {name} has shape {tuple(value.shape)}, expected {shape}")
-        if not bool(jnp.all(jnp.isfinite(value))):
+        if not _all_finite(value):
             bad = int(jnp.sum(~jnp.isfinite(value)))
             raise InputError(f"{source}: tensor {name} has {bad} NaN/inf values, expected all finite")
     if params.architecture == "topk" and (params.k is None or not 0 < params.k <= d_sae):
@@ -173,7 +185,7 @@ def _check_input(x, *, width: int, width_name: str, name: str) -> jax.Array:
     x = jnp.asarray(x)
     if x.ndim < 1 or x.shape[-1] != width:
         raise InputError(f"{name}: shape {tuple(x.shape)}, expected last axis {width_name}={width}")
-    if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):
+    if not isinstance(x, jax.core.Tracer) and not _all_finite(x):
         bad = int(jnp.sum(~jnp.isfinite(x)))
         raise InputError(f"{name}: {bad} NaN/inf values in the input activations, expected all finite")
     return x
@@ -187,10 +199,15 @@ def _sae_input(params: SAEParams, x: jax.Array) -> jax.Array:
     return x
 
 
+def _projection(params: SAEParams, x, name: str) -> jax.Array:
+    """x'·W_enc [..., d_sae] in float32, whatever float dtype x has (a bfloat16 residual is widened first)."""
+    x = _check_input(x, width=params.d_model, width_name="d_model", name=name)
+    return _sae_input(params, x) @ params.W_enc
+
+
 def pre_activations(params: SAEParams, x, *, name: str = "x") -> jax.Array:
     """Encoder pre-activation x'·W_enc + b_enc [..., d_sae] (the gate pre-activation for gated SAEs)."""
-    x = _check_input(x, width=params.d_model, width_name="d_model", name=name)
-    return _sae_input(params, x) @ params.W_enc + params.b_enc
+    return _projection(params, x, name) + params.b_enc
 
 
 def scatter_last_axis(shape: tuple[int, ...], idx: jax.Array, values: jax.Array) -> jax.Array:
@@ -209,17 +226,18 @@ def _topk(pre: jax.Array, k: int) -> jax.Array:
 
 
 def encode(params: SAEParams, x, *, name: str = "x") -> jax.Array:
-    """Feature activations f [..., d_sae] with the SAE's own nonlinearity (see module docstring)."""
-    pre = pre_activations(params, x, name=name)
+    """Feature activations f [..., d_sae] with the SAE's own nonlinearity (see module docstring); x in any float
+    dtype (bfloat16 included), computed in float32."""
+    projection = _projection(params, x, name)
+    pre = projection + params.b_enc
     arch = params.architecture
     if arch == "relu":
         f = jax.nn.relu(pre)
         return f if params.mag_scale is None else f * params.mag_scale
     if arch == "jumprelu":
         return jnp.where((pre > params.threshold) & (pre > 0), pre, 0.0)
-    if arch == "gated":
-        xin = _sae_input(params, jnp.asarray(x))
-        magnitude = jax.nn.relu((xin @ params.W_enc) * params.mag_scale + params.b_mag)
+    if arch == "gated":  # gate and magnitude share the one projection x'·W_enc
+        magnitude = jax.nn.relu(projection * params.mag_scale + params.b_mag)
         return jnp.where(pre > 0, magnitude, 0.0)
     if arch == "topk":
         return _topk(pre, params.k)

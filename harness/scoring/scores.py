@@ -66,13 +66,13 @@ def _check(scores, answers) -> tuple[np.ndarray, np.ndarray, bool]:
     return (s[:, :, None] if squeeze else s), a, squeeze
 
 
-def _chunks(s: np.ndarray):
-    """Yield (feature slice, finite chunk) over the feature axis; non-finite scores raise InputError."""
+def _chunks(s: np.ndarray, *, finite: bool = True):
+    """Yield (feature slice, chunk) over the feature axis; non-finite scores raise InputError unless finite=False."""
     step = max(1, CHUNK_CELLS // max(1, s.shape[0] * s.shape[1]))
     for start in range(0, s.shape[2], step):
         sl = slice(start, min(start + step, s.shape[2]))
         chunk = s[:, :, sl]
-        if np.issubdtype(chunk.dtype, np.floating) and not np.all(np.isfinite(chunk)):
+        if finite and np.issubdtype(chunk.dtype, np.floating) and not np.all(np.isfinite(chunk)):
             raise InputError(f"scores: non-finite values in features {sl.start}..{sl.stop - 1} (expected finite scores)")
         yield sl, chunk
 
@@ -218,7 +218,9 @@ def logprob_reading(scores) -> np.ndarray:
 def correct_logprob(scores, answers):
     """Mean over questions of the log-prob reading of the correct option: a float, or an array [feature]."""
     s, a, squeeze = _check(scores, answers)
-    lp = np.take_along_axis(logprob_reading(s), a[:, None, None], axis=1)[:, 0, :].mean(axis=0)
+    lp = np.empty(s.shape[2])
+    for sl, chunk in _chunks(s, finite=False):  # a feature chunk at a time: the float64 log-softmax stays small
+        lp[sl] = np.take_along_axis(logprob_reading(chunk), a[:, None, None], axis=1)[:, 0, :].mean(axis=0)
     return float(lp[0]) if squeeze else lp
 
 

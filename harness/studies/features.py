@@ -15,7 +15,7 @@ import numpy as np
 
 from harness.errors import InputError
 from harness.sae.pursuit import gradient_pursuit
-from harness.sae.readings import FeatureScores, feature_chunk_size, feature_readings, reading_chunks, score_features
+from harness.sae.readings import FeatureScores, feature_readings, reading_chunks, score_features
 from harness.sae.sae import SAEParams, check_features
 from harness.scoring import scores, stats
 from harness.scoring.measurement import Measurement
@@ -63,7 +63,9 @@ def contrast_vector(resid, answers) -> np.ndarray:
 
 
 def pursuit_features(resid, answers, params: SAEParams, *, k: int = PURSUIT_K) -> tuple[int, ...]:
-    """The atoms gradient pursuit (k steps, argmax g) picks for the contrast vector, by |weight|, largest first."""
+    """The atoms gradient pursuit (k steps, argmax g) picks for the contrast vector, by |weight|, largest first.
+
+    The decoder goes in as the SAE holds it (float32; np.asarray of a CPU jax array is a view, not a copy)."""
     result = gradient_pursuit(contrast_vector(resid, answers), np.asarray(params.W_dec), k=k, select="max")
     nonzero = [f for f in result.top(len(result.support)) if result.weights[f] != 0]
     return tuple(nonzero)
@@ -99,7 +101,8 @@ class Analysis:
 
     discovery_max is the best-of-all-features discovery accuracy (inflated by selection); read it beside the
     held-out accuracy of the same feature and the null of a best-of-N maximum (`nulls`). The residuals, key and SAE
-    are kept (by reference) so the nulls and per-question credits are computed when first asked for.
+    are kept (by reference) so the nulls and per-question credits are computed when first asked for. chunk: features
+    per reading chunk (None: readings.CHUNK_CELLS decides); any chunk gives the same figures.
     """
 
     fmt: str
@@ -115,6 +118,7 @@ class Analysis:
     answers: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
     params: SAEParams | None = dataclasses.field(default=None, repr=False, compare=False)
     identical: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    chunk: int | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def best(self) -> int:
@@ -160,17 +164,11 @@ class Analysis:
         """uint8 [question, option, pool feature]: CREDIT_UNITS x the credit of each option were it the answer."""
         self._need_inputs("the null")
         pool = self.null_pool
-        ident = self.identical
         out = np.empty((self.answers.size, self.resid.shape[1], pool.size), np.uint8)
-        if pool.size == self.params.d_sae:
-            for sl, block in reading_chunks(self.resid, self.params, reading=self.reading):
-                out[:, :, sl] = np.rint(CREDIT_UNITS * scores.option_credit(block, tolerance=self.tolerance, identical=ident))
-            return out
-        step = feature_chunk_size(self.resid.shape[0] * self.resid.shape[1], pool.size)
-        for start in range(0, pool.size, step):
-            block = feature_readings(self.resid, self.params, reading=self.reading, features=pool[start:start + step])
-            out[:, :, start:start + step] = np.rint(
-                CREDIT_UNITS * scores.option_credit(block, tolerance=self.tolerance, identical=ident))
+        for sl, block in reading_chunks(self.resid, self.params, reading=self.reading, chunk=self.chunk,
+                                        features=None if pool.size == self.params.d_sae else pool):
+            out[:, :, sl] = np.rint(CREDIT_UNITS * scores.option_credit(block, tolerance=self.tolerance,
+                                                                        identical=self.identical))
         return out
 
     @functools.cached_property
@@ -189,24 +187,25 @@ def accuracy_of(value: float, n: int) -> stats.Accuracy:
 
 def analyse(resid, answers, params: SAEParams, *, fmt: str, reading: str, seed: int, k: int = TOP_K,
             pursuit_k: int = PURSUIT_K, fixed_controls: Sequence[int] = (), frac: float = 0.5,
-            tolerance: scores.Tolerance = scores.READING_TIE, identical=None) -> Analysis:
+            tolerance: scores.Tolerance = scores.READING_TIE, identical=None, chunk: int | None = None) -> Analysis:
     """Score all features on a seeded discovery/held-out split; pick candidates on the discovery split only.
 
     tolerance: readings within it of a question's maximum tie (float32 noise, scores.READING_TIE); identical: option
-    group labels [question, option] (scores.identical_options) so identical option texts always tie.
+    group labels [question, option] (scores.identical_options) so identical option texts always tie. Readings are
+    taken `chunk` features at a time (None: readings.CHUNK_CELLS decides), so memory does not grow with d_sae.
     """
     r, a = np.asarray(resid, dtype=np.float32), np.asarray(answers)
     ident = None if identical is None else np.asarray(identical)
     disc, held = scores.split_discovery_heldout(a.size, seed=seed, frac=frac)
     tie = lambda idx: dict(tolerance=tolerance, identical=None if ident is None else ident[idx])  # noqa: E731
-    discovery = score_features(r[disc], a[disc], params, reading=reading, **tie(disc))
-    heldout = score_features(r[held], a[held], params, reading=reading, **tie(held))
+    discovery = score_features(r[disc], a[disc], params, reading=reading, chunk=chunk, **tie(disc))
+    heldout = score_features(r[held], a[held], params, reading=reading, chunk=chunk, **tie(held))
     top = tuple(int(f) for f in scores.select_top_features(discovery.share, k))
     pursuit = pursuit_features(r[disc], a[disc], params, k=pursuit_k)
     control = control_features(params.d_sae, seed=seed, exclude=top + pursuit, fixed=fixed_controls)
     return Analysis(fmt=fmt, reading=reading, discovery=discovery, heldout=heldout,
                     candidates=Candidates(top=top, pursuit=pursuit, control=control), discovery_idx=disc, heldout_idx=held,
-                    seed=seed, tolerance=tolerance, resid=r, answers=a, params=params, identical=ident)
+                    seed=seed, tolerance=tolerance, resid=r, answers=a, params=params, identical=ident, chunk=chunk)
 
 
 # ---------------------------------------------------------------- C3: nulls with the selection inside
@@ -574,20 +573,24 @@ def score_raised(resid_letter, resid_text, answers, params: SAEParams, feature: 
 
 
 def reading_agreement(resid, answers, params: SAEParams, *, seed: int, features=None, n_resamples: int = 1000,
-                      tolerance: scores.Tolerance = scores.READING_TIE, identical=None) -> Measurement:
+                      tolerance: scores.Tolerance = scores.READING_TIE, identical=None,
+                      chunk: int | None = None) -> Measurement:
     """C1 (data): Kendall tau between the features' ranking by the sound reading (encoder activation, tie-aware,
     ties within `tolerance`) and by the original's (decoder projection, tie-to-first, better of argmax/argmin).
 
     The two readings need not agree (different scores, tie rules and a per-feature selection), so the claim can fail.
-    CI: 95% percentile bootstrap over questions, both rankings recomputed on each resample.
+    CI: 95% percentile bootstrap over questions, both rankings recomputed on each resample. The readings are taken a
+    feature chunk at a time; only the per-question credits [question, feature] are kept.
     """
     a = np.asarray(answers)
     feats = np.arange(params.d_sae) if features is None else check_features(params, features)
-    enc = feature_readings(resid, params, reading="encoder", features=feats)
-    dec = feature_readings(resid, params, reading="decoder", features=feats)
-    sound = scores.argmax_credit(enc, a, tolerance=tolerance, identical=identical)
-    orig_max = scores.argmax_credit(dec, a, ties="first")
-    orig_min = scores.argmax_credit(-dec, a, ties="first")
+    sound, orig_max, orig_min = (np.empty((a.size, feats.size)) for _ in range(3))
+    chunks = dict(features=feats, chunk=chunk)
+    for (sl, enc), (_, dec) in zip(reading_chunks(resid, params, reading="encoder", **chunks),
+                                   reading_chunks(resid, params, reading="decoder", **chunks)):
+        sound[:, sl] = scores.argmax_credit(enc, a, tolerance=tolerance, identical=identical)
+        orig_max[:, sl] = scores.argmax_credit(dec, a, ties="first")
+        orig_min[:, sl] = scores.argmax_credit(-dec, a, ties="first")
     rc = stats.rank_correlation_over_questions(sound, (orig_max, orig_min), seed=seed, n_resamples=n_resamples)
     k = rc.kendall
     return Measurement(value=k.value, n=rc.n_questions, ci=(k.lo, k.hi), p_value=k.pvalue,
