@@ -47,9 +47,7 @@ def main() -> int:
     sae = workdir / f"saex-l{layer}" / f"l{layer}-real-size.safetensors"
     if not sae.exists():
         saex_sae_file(sae.parent, 3072, args.d_sae, name=sae.stem)
-    data = workdir / "mmlu"
-    if not data.exists():
-        hendrycks_val(data, n_per_subject=2)
+    data = hendrycks_val(workdir / "mmlu", n_per_subject=2)
     out = workdir / f"run-{args.dtype}"
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "pytest", str(REPO / "evals"), "-p", "no:cacheprovider", "-q",
