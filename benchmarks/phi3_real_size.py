@@ -11,6 +11,8 @@ Run: .venv/bin/python benchmarks/phi3_real_size.py [--layers 12] [--dtype float3
 from __future__ import annotations
 
 import argparse
+import collections
+import json
 import pathlib
 import resource
 import shutil
@@ -61,9 +63,14 @@ def main() -> int:
     wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
     print("\n".join(proc.stdout.splitlines()[-25:]))
+    report = json.loads((out / "reports" / "phi3-mini" / "claims.json").read_text())
+    outcomes = collections.Counter(e["outcome"] for e in report["results"])
+    errors = " error" in proc.stdout.splitlines()[-1]
     print(f"phi3-mini-wide {args.layers} layers + {args.d_sae}-wide saex SAE, {args.dtype}, --limit {args.limit}: "
-          f"exit {proc.returncode}, wall {wall:.0f} s, peak RSS {peak:.2f} GB")
-    return proc.returncode
+          f"wall {wall:.0f} s, peak RSS {peak:.2f} GB; {len(report['results'])} claims measured "
+          f"({dict(outcomes)}), not measured {sorted(report['not_measured'])}, errors: {'yes' if errors else 'none'} "
+          f"(a random-weight stand-in is no Phi-3: claims whose outcome differs from the recorded one fail the gate)")
+    return 1 if errors or report["not_measured"] else 0
 
 
 if __name__ == "__main__":

@@ -175,6 +175,8 @@ def option_runs(pytestconfig, profile, checkpoint, model, question_sets, cached)
             for f in fmts:
                 mine = {name.split("/", 1)[1]: a for name, a in arrays.items() if name.startswith(f"{f}/")}
                 runs[(role, f)] = from_arrays(mine, questions, fmt=f, layer=profile.layer, hook=profile.hook)
+                run_of(pytestconfig).picks[f"{role}/{f}"] = {"questions": [q.qid for q in runs[(role, f)].questions],
+                                                              "picks": runs[(role, f)].picks.tolist()}
                 say(f"{role} {runs[(role, f)].summary()}", force=True)
             say(f"{label}: {runs[(role, fmt)].cost()}", force=True)
         return runs[(role, fmt)]

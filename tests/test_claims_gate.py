@@ -233,3 +233,30 @@ def test_a_skipped_claim_is_listed_with_its_reason(gate, pytester):
     report = json.loads((pytester.path / "reports" / "smollm2-default" / "claims.json").read_text())
     assert report["not_measured"]["T-holds"]["status"] == "skipped"
     assert report["not_measured"]["T-holds"]["reason"] == "input not given"
+
+
+def test_a_bfloat16_run_keeps_its_own_baselines_and_reports_beside_float32(gate, pytester):
+    gate(FIRST, "--regen-all").assert_outcomes(passed=1, xfailed=1)
+    moved = {"T-holds": [0.45, 0.35, 0.55], "T-false": [0.5, 0.4, 0.6]}
+    gate(moved, "--dtype", "bfloat16", "--regen-all").assert_outcomes(passed=1, xfailed=1)  # its own baselines
+    gate(moved, "--dtype", "bfloat16").assert_outcomes(passed=1, xfailed=1)
+    gate(FIRST).assert_outcomes(passed=1, xfailed=1)  # the float32 baselines did not move
+    assert (pytester.path / "evals" / "baselines" / "smollm2-default-bfloat16" / "T-holds.csv").exists()
+    report = json.loads((pytester.path / "reports" / "smollm2-default-bfloat16" / "claims.json").read_text())
+    assert report["dtype"] == "bfloat16"
+    both = report["against_float32"]["claims"]["T-holds"]
+    assert both["float32"]["value"] == 0.4 and both["this"]["value"] == 0.45
+    assert "bfloat16 against float32" in (pytester.path / "reports" / "smollm2-default-bfloat16" / "README.md").read_text()
+
+
+def test_picks_changed_are_counted_over_the_questions_both_runs_scored():
+    from harness.claims.report import against_float32
+
+    reference = {"picks": {"mmlu/letter": {"questions": ["a", "b", "c", "d"], "picks": [0, 1, 2, 3]}},
+                 "results": [{"claim": "X", "value": 0.5, "ci": [0.4, 0.6], "n": 4, "outcome": "holds"}]}
+    picks = {"mmlu/letter": {"questions": ["b", "c", "d", "e"], "picks": [1, 0, 3, 2]},
+             "mmlu/text": {"questions": ["a"], "picks": [0]}}  # no float32 run of text: not compared
+    results = {"X": {"value": 0.25, "ci": [0.1, 0.4], "n": 4, "outcome": "does not hold"}}
+    got = against_float32(results, picks, reference)
+    assert got["runs"] == {"mmlu/letter": {"n": 3, "changed": 1, "share": 1 / 3}}
+    assert got["claims"]["X"]["float32"]["outcome"] == "holds" and got["claims"]["X"]["this"]["value"] == 0.25

@@ -32,6 +32,7 @@ class Run:
     provenance: dict = dataclasses.field(default_factory=dict)
     sections: list[str] = dataclasses.field(default_factory=list)
     data_notes: list[str] = dataclasses.field(default_factory=list)
+    picks: dict[str, dict] = dataclasses.field(default_factory=dict)  # "set/format" -> {"questions", "picks"} of each run
     active: bool = False  # some collected test takes `claim`
 
     def claim(self, claim_id: str) -> Claim:

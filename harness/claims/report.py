@@ -109,6 +109,38 @@ def entry(r: Result) -> dict:
     }
 
 
+def against_float32(results: dict[str, dict], picks: dict[str, dict], reference: dict) -> dict:
+    """A reduced-precision run beside the float32 report of the same profile: per run, the questions both scored and
+    how many picks changed; per claim, both values, intervals and outcomes (nothing recomputed)."""
+    runs = {}
+    for key, mine in sorted(picks.items()):
+        theirs = reference.get("picks", {}).get(key)
+        if theirs is None:
+            continue
+        theirs = dict(zip(theirs["questions"], theirs["picks"]))
+        pairs = [(p, theirs[q]) for q, p in zip(mine["questions"], mine["picks"]) if q in theirs]
+        changed = sum(a != b for a, b in pairs)
+        runs[key] = {"n": len(pairs), "changed": changed, "share": changed / len(pairs) if pairs else None}
+    old = {e["claim"]: e for e in reference.get("results", [])}
+    claims = {k: {"float32": {f: old[k].get(f) for f in ("value", "ci", "n", "outcome")},
+                  "this": {f: e.get(f) for f in ("value", "ci", "n", "outcome")}} for k, e in results.items() if k in old}
+    return {"runs": runs, "claims": claims}
+
+
+def _comparison_section(comparison: dict, dtype: str, reference_path: pathlib.Path) -> list[str]:
+    body = [f"## {dtype} against float32", "", f"Beside `{reference_path}` (the float32 run of this profile).", "",
+            _table(("run", "questions in both", "picks changed", "share"),
+                   [(k, str(v["n"]), str(v["changed"]), "" if v["share"] is None else f"{v['share']:.1%}")
+                    for k, v in comparison["runs"].items()], markdown=True), ""]
+    claim_rows = []
+    for claim, both in comparison["claims"].items():
+        f32, this = both["float32"], both["this"]
+        flip = "" if f32["outcome"] == this["outcome"] else " **changed**"
+        claim_rows.append((claim, f"{f32['value']:.4g} {_ci(f32['ci'])}", f32["outcome"],
+                           f"{this['value']:.4g} {_ci(this['ci'])}", this["outcome"] + flip))
+    return body + [_table(("claim", "float32", "outcome", dtype, "outcome"), claim_rows, markdown=True), ""]
+
+
 def _previous(path: pathlib.Path) -> dict:
     """The claims.json already there (schema 2), or an empty one (an older or unreadable file is replaced)."""
     try:
@@ -134,9 +166,21 @@ def write_report(run, directory: pathlib.Path, *, title: str) -> pathlib.Path:
         if claim_id not in run.results and status != "checked":
             not_measured[claim_id] = {"status": status, "reason": reason, "run": stamp}
             results.pop(claim_id, None)
-    data = {"schema_version": SCHEMA_VERSION, "profile": run.profile.name, "provenance": provenance,
+    picks = {**old.get("picks", {}), **run.picks}
+    data = {"schema_version": SCHEMA_VERSION, "profile": run.profile.name, "dtype": run.profile.dtype,
+            "provenance": provenance,
             "runs": [*old.get("runs", []), {"finished": stamp, "claims": sorted(run.results)}][-20:],
-            "results": list(results.values()), "not_measured": not_measured}
+            "results": list(results.values()), "not_measured": not_measured, "picks": picks}
+    comparison_section = []
+    if run.profile.dtype != "float32":  # the same profile's float32 report, beside this one under the reports folder
+        reference_path = directory.parent / run.profile.name / "claims.json"
+        reference = _previous(reference_path)
+        if reference:
+            data["against_float32"] = against_float32(results, picks, reference)
+            comparison_section = _comparison_section(data["against_float32"], run.profile.dtype, reference_path)
+        else:
+            comparison_section = [f"## {run.profile.dtype} against float32", "",
+                                  f"No float32 report at `{reference_path}`: run `pytest evals/` first to compare.", ""]
     json_path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
 
     counts = {o: sum(e["outcome"] == o for e in results.values()) for o in ("holds", "does not hold", "inconclusive")}
@@ -157,6 +201,7 @@ def write_report(run, directory: pathlib.Path, *, title: str) -> pathlib.Path:
                  "its discovery maximum beside what a best-of-N maximum gives by chance.", "",
                  _table(("claim", "feature", "held-out acc.", "null 95th pct", "null percentile", "p", "discovery max",
                          "best-of-N null 95th pct"), nulls, markdown=True), ""]
+    body += comparison_section
     if run.data_notes:
         body += ["## Data rows not used", "", *[f"- {note}" for note in run.data_notes], ""]
     body += ["## What was run", ""]

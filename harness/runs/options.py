@@ -66,6 +66,12 @@ class OptionRun:
     def n(self) -> int:
         return len(self.questions)
 
+    @property
+    def picks(self) -> np.ndarray:
+        """[question] the option the model picks by the format's own reading (letter logits for letter, summed
+        log-prob otherwise): the first highest score."""
+        return np.argmax(self.letter_logits if self.fmt == "letter" else self.logprob, axis=1)
+
     def summary(self) -> str:
         """One line for logs and reports (the run's cost: `cost()`, shared by the formats of one run)."""
         return (f"{self.fmt}: n={self.n}, skipped {len(self.skipped)}, boundary mismatches {self.boundary_mismatches}"
