@@ -378,3 +378,17 @@ def test_mc_jsonl_bom_bad_lines_and_strict(tmp_path):
     path.write_bytes(json.dumps(rows[0]).encode() + b"\n" + json.dumps(rows[1]).replace("q1", "q\xe91").encode("latin-1"))
     assert "line 2" in _error_line(lambda: read_mc_jsonl(path, source="test"))
     assert "x.jsonl" in _error_line(lambda: load_control_set(path))
+
+
+@pytest.mark.parametrize("answer", [" B ", "B ", "b", "B\n"])
+def test_an_answer_letter_that_is_not_exactly_a_to_d_is_a_bad_row_in_both_loaders(tmp_path, answer):
+    """Nothing coerced: " B " is counted as a bad row naming field and value (an error with strict), never read as B."""
+    write_jsonl(tmp_path / "x.jsonl", [mc_row("q0"), mc_row("q1", answer)])
+    questions, report = read_mc_jsonl(tmp_path / "x.jsonl", source="test")
+    assert [q.question for q in questions] == ["q0"] and report.n_bad == 1
+    assert "correct_answer" in report.bad_rows[0][1] and repr(answer)[:8] in report.bad_rows[0][1]
+    folder = tmp_path / "data" / "val"
+    folder.mkdir(parents=True)
+    (folder / "anatomy_val.csv").write_text(csv_text([["Q?", "1", "2", "3", "4", "A"], ["R?", "1", "2", "3", "4", answer]]))
+    questions, report = load_hendrycks_csv(folder)
+    assert len(questions) == 1 and report.n_bad == 1 and "answer column" in report.bad_rows[0][1]

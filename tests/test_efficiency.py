@@ -34,6 +34,8 @@ def test_efficiency_is_the_ratio_of_flop_rates():
     e = efficiency.efficiency(flops=1e9, seconds=0.5, tokens=64, d_model=32, d_ffn=48, repeats=2)
     assert e.matmul_shape == (64, 32, 48) and e.flops_per_s == 2e9
     assert e.fraction == pytest.approx(2e9 / e.matmul_flops_per_s) and e.matmul_flops_per_s > 0
-    assert "of a jitted f32 matmul [64,32]@[32,48]" in e.summary()
+    assert "of a jitted float32 matmul [64,32]x[48,32]^T" in e.summary()
+    bf16 = efficiency.efficiency(flops=1e9, seconds=0.5, tokens=64, d_model=32, d_ffn=48, dtype="bfloat16", repeats=2)
+    assert bf16.dtype == "bfloat16" and "jitted bfloat16 matmul" in bf16.summary() and bf16.matmul_flops_per_s > 0
     with pytest.raises(InputError, match="seconds=0"):
         efficiency.efficiency(flops=1.0, seconds=0, tokens=1, d_model=1, d_ffn=1)

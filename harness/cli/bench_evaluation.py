@@ -6,7 +6,7 @@ batch shapes, logits only where scored), runs twice in this process on the same 
   warm: everything compiled, so forward = steady device compute and host = the rest of the batch loop.
 Efficiency (harness.runs.efficiency, the definition bench_forward.py uses too): XLA cost-analysis FLOPs of every batch of
 the warm run (counted on the unrolled form of the same weights: XLA counts a scan's loop body once) / the warm run's
-forward seconds, against a jitted f32 matmul [tokens per batch, d_model] @ [d_model, d_ffn] timed in the same run;
+forward seconds, against a jitted f32 matmul [tokens per batch, d_model] x [d_ffn, d_model]^T timed in the same run;
 then the same for the shape with the most padded tokens alone, timed on a synthetic batch (the forward without the loop around it).
 --naive adds the original's method (4 sequences per question, each padded to 256, full logits) for comparison.
 

@@ -1,11 +1,12 @@
-"""Forward throughput (tokens/s) of each execution form at batch 8×128 on the default SmolLM2, beside transformers.
+"""Forward throughput (tokens/s, FLOP/s) of each execution form in each dtype, against the same-run matmul of that
+dtype at the model's own shapes (the ceiling), beside transformers (float32).
 
-Same weights (the default GGUF), same random token ids, float32 on CPU for transformers; after one warm-up
-call (whose time, compilation included, is printed too) the median of --runs timed calls is reported, with the
-efficiency of harness.runs.efficiency (the definition bench_evaluation.py uses): XLA cost-analysis FLOPs of the forward
-(counted on the unrolled form; every row does the same math) / median seconds, against a jitted f32 matmul
-[batch x seq, d_model] @ [d_model, d_ffn] timed in the same run. JAX's persistent compilation cache is off.
-Run: claims-harness bench-forward [--runs 3] [--batch 8] [--seq 128]
+Same weights (the default GGUF, or --model), same random token ids; after one warm-up call (whose time, compilation
+included, is printed too) the median of --runs timed calls is reported. FLOPs are XLA's cost analysis of the forward
+(counted on the unrolled form; every row does the same math); the ceiling is a jitted [batch x seq, d_model] x
+[d_ffn, d_model]^T dot in that dtype with a float32 result (harness.runs.efficiency), timed in the same run; the share is
+forward FLOP/s / ceiling. JAX's persistent compilation cache is off.
+Run: claims-harness bench-forward [--runs 3] [--batch 8] [--seq 128] [--dtypes float32,bfloat16] [--model PATH]
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ def timed(call, runs: int) -> tuple[float, float]:
     return first, statistics.median(times)
 
 
-def bench_ours(checkpoint, tokens: np.ndarray, runs: int) -> dict[str, tuple[float, float]]:
+def bench_ours(checkpoint, tokens: np.ndarray, runs: int, dtype: str) -> dict[str, tuple[float, float]]:
     ctx = checkpoint.config.max_context
-    scan = forms.build_model(checkpoint, form=Form.SCAN)
+    scan = forms.build_model(checkpoint, form=Form.SCAN, dtype=dtype)
     out = {}
     for form in Form:
         model = forms.convert(scan, checkpoint.config, form)
-        out[f"penzai {form.value}"] = timed(lambda: capture.logits(model, tokens, max_context=ctx), runs)
+        out[f"penzai {form.value}, {dtype}"] = timed(lambda: capture.logits(model, tokens, max_context=ctx), runs)
     return out
 
 
@@ -70,22 +71,35 @@ def main(argv=None, *, prog: str | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="parameter dtypes to run (harness.model.config.DTYPES)")
+    parser.add_argument("--model", default=None, help="a checkpoint instead of the default SmolLM2 (no transformers row)")
     args = parser.parse_args(argv)
-    checkpoint = read_checkpoint(None)
-    tokens = np.random.default_rng(0).integers(0, checkpoint.config.vocab_size, size=(args.batch, args.seq))
-    with compile_cache.disabled():
-        results = bench_ours(checkpoint, tokens, args.runs) | bench_transformers(tokens, args.runs)
-    flops = forward_flops(checkpoint, tokens)
+    checkpoint = read_checkpoint(args.model)
     cfg, n_tokens = checkpoint.config, args.batch * args.seq
-    peak = efficiency.matmul_flops_per_s(n_tokens, cfg.d_model, cfg.d_ffn)
-    print(f"\nforward of {args.batch}x{args.seq} tokens, SmolLM2-135M-Instruct (float32), {jax.devices()[0].platform}, "
-          f"median of {args.runs} after warm-up; {flops / 1e9:.1f} GFLOP per forward (XLA cost analysis); "
-          f"jitted f32 matmul [{n_tokens},{cfg.d_model}]@[{cfg.d_model},{cfg.d_ffn}]: {peak / 1e9:.1f} GFLOP/s")
-    print(f"{'implementation':<48} {'tokens/s':>10} {'median s':>10} {'first call s':>13} {'efficiency':>11}")
-    for name, (first, median) in results.items():
-        e = efficiency.Efficiency(flops=flops, seconds=median, matmul_shape=(n_tokens, cfg.d_model, cfg.d_ffn),
-                           matmul_flops_per_s=peak)
-        print(f"{name:<48} {n_tokens / median:>10.0f} {median:>10.3f} {first:>13.2f} {e.fraction:>11.0%}")
+    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(args.batch, args.seq))
+    flops = forward_flops(checkpoint, tokens)
+    print(f"forward of {args.batch}x{args.seq} tokens, {checkpoint.source} ({cfg.n_layers} layers, d_model "
+          f"{cfg.d_model}), {jax.devices()[0].platform}, median of {args.runs} after warm-up; {flops / 1e9:.1f} GFLOP "
+          f"per forward (XLA cost analysis); ceiling: a jitted [{n_tokens},{cfg.d_model}]x[{cfg.d_ffn},{cfg.d_model}]^T "
+          f"dot of the same dtype, float32 result, timed in this run")
+    print(f"{'implementation':<56} {'tokens/s':>10} {'GFLOP/s':>8} {'median s':>9} {'first s':>8} {'ceiling':>8} {'share':>6}")
+    medians = {}
+    with compile_cache.disabled():
+        for dtype in args.dtypes.split(","):
+            results = bench_ours(checkpoint, tokens, args.runs, dtype)
+            if dtype == "float32" and args.model is None:
+                results |= bench_transformers(tokens, args.runs)
+            peak = efficiency.matmul_flops_per_s(n_tokens, cfg.d_model, cfg.d_ffn, dtype=dtype)
+            for name, (first, median) in results.items():
+                medians[name] = median
+                e = efficiency.Efficiency(flops=flops, seconds=median, matmul_shape=(n_tokens, cfg.d_model, cfg.d_ffn),
+                                          matmul_flops_per_s=peak, dtype=dtype)
+                print(f"{name:<56} {n_tokens / median:>10.0f} {e.flops_per_s / 1e9:>8.1f} {median:>9.3f} {first:>8.2f} "
+                      f"{peak / 1e9:>8.1f} {e.fraction:>6.0%}")
+    for form in Form:
+        f32, bf16 = medians.get(f"penzai {form.value}, float32"), medians.get(f"penzai {form.value}, bfloat16")
+        if f32 and bf16:
+            print(f"bfloat16 / float32 forward speed, {form.value}: {f32 / bf16:.2f}x")
     return 0
 
 

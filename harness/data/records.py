@@ -88,11 +88,11 @@ class LoadReport:
 
 
 def letter_to_index(letter: str) -> int:
-    """'A'..'D' (surrounding spaces allowed, case-sensitive) -> 0..3; anything else raises InputError."""
-    key = letter.strip() if isinstance(letter, str) else letter
-    if key not in LETTERS:
-        raise InputError(f"answer letter must be one of A, B, C, D, got {letter!r:.50}")
-    return LETTERS.index(key)
+    """'A'..'D' exactly (case and spaces included) -> 0..3; anything else raises InputError: " B " is not silently
+    read as B, it is a bad row the report counts (or an error with --strict-data)."""
+    if not isinstance(letter, str) or letter not in LETTERS:
+        raise InputError(f"answer letter must be exactly one of A, B, C, D, got {letter!r:.50}")
+    return LETTERS.index(letter)
 
 
 class SkipRow(Exception):

@@ -1,7 +1,8 @@
 """One definition of forward efficiency, shared by scripts/bench_forward.py and scripts/bench_evaluation.py.
 
-efficiency = (XLA cost-analysis FLOPs of the forward / its wall seconds) / (FLOP/s of a jitted float32 matmul of the
-forward's own MLP shape [tokens, d_model] @ [d_model, d_ffn], timed in the same process). FLOPs are counted on a
+efficiency = (XLA cost-analysis FLOPs of the forward / its wall seconds) / (FLOP/s of a jitted matmul of the forward's
+own MLP shape [tokens, d_model] x [d_ffn, d_model]^T in the forward's dtype with float32 accumulation, timed in the same
+process). FLOPs are counted on a
 program with no while loop: XLA's cost analysis counts a loop body once, so the scan form's own count is about
 1/n_layers of the work — count on the unrolled form of the same weights (same math, same FLOPs).
 """
@@ -28,8 +29,9 @@ class Efficiency:
 
     flops: float                          # XLA cost-analysis FLOPs of the work timed
     seconds: float                        # wall seconds of that work
-    matmul_shape: tuple[int, int, int]    # (m, k, n) of the reference matmul [m, k] @ [k, n]
+    matmul_shape: tuple[int, int, int]    # (m, k, n) of the reference matmul [m, k] x [n, k]^T
     matmul_flops_per_s: float             # its best FLOP/s in this process
+    dtype: str = "float32"                # the matmul's operand dtype (float32 result either way)
 
     @property
     def flops_per_s(self) -> float:
@@ -42,8 +44,8 @@ class Efficiency:
 
     def summary(self) -> str:
         m, k, n = self.matmul_shape
-        return (f"{self.flops_per_s / 1e9:.1f} GFLOP/s = {self.fraction:.0%} of a jitted f32 matmul "
-                f"[{m},{k}]@[{k},{n}] ({self.matmul_flops_per_s / 1e9:.1f} GFLOP/s, same run)")
+        return (f"{self.flops_per_s / 1e9:.1f} GFLOP/s = {self.fraction:.0%} of a jitted {self.dtype} matmul "
+                f"[{m},{k}]x[{n},{k}]^T ({self.matmul_flops_per_s / 1e9:.1f} GFLOP/s, same run)")
 
 
 def lowered_flops(lowered) -> float:
@@ -68,19 +70,21 @@ def best_seconds(call: Callable[[], object], *, repeats: int = 3) -> float:
     return min(times)
 
 
-def matmul_flops_per_s(m: int, k: int, n: int, *, repeats: int = 5) -> float:
-    """Best FLOP/s of a jitted float32 [m, k] @ [k, n] matmul (2 m k n FLOPs) in this process."""
+def matmul_flops_per_s(m: int, k: int, n: int, *, dtype: str = "float32", repeats: int = 5) -> float:
+    """Best FLOP/s of a jitted [m, k] x [n, k]^T dot (2 m k n FLOPs) in `dtype` with a float32 result, in this process:
+    the layout and accumulation of the model's own contractions (harness.model.rewrites), so its ceiling."""
     rng = np.random.default_rng(0)
-    a = jnp.asarray(rng.normal(size=(m, k)), jnp.float32)
-    b = jnp.asarray(rng.normal(size=(k, n)), jnp.float32)
-    f = jax.jit(jnp.matmul)
+    a = jnp.asarray(rng.normal(size=(m, k)), dtype)
+    b = jnp.asarray(rng.normal(size=(n, k)), dtype)
+    f = jax.jit(lambda x, w: jax.lax.dot_general(x, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32))
     return 2.0 * m * k * n / best_seconds(lambda: f(a, b), repeats=repeats)
 
 
-def efficiency(*, flops: float, seconds: float, tokens: int, d_model: int, d_ffn: int, repeats: int = 5) -> Efficiency:
-    """`flops` done in `seconds` against a matmul [tokens, d_model] @ [d_model, d_ffn] timed now."""
+def efficiency(*, flops: float, seconds: float, tokens: int, d_model: int, d_ffn: int, dtype: str = "float32",
+               repeats: int = 5) -> Efficiency:
+    """`flops` done in `seconds` against a `dtype` matmul [tokens, d_model] x [d_ffn, d_model]^T timed now."""
     if flops <= 0 or seconds <= 0 or tokens < 1:
         raise InputError(f"flops={flops}, seconds={seconds}, tokens={tokens}: expected positive values")
     shape = (int(tokens), int(d_model), int(d_ffn))
-    return Efficiency(flops=flops, seconds=seconds, matmul_shape=shape,
-                      matmul_flops_per_s=matmul_flops_per_s(*shape, repeats=repeats))
+    return Efficiency(flops=flops, seconds=seconds, matmul_shape=shape, dtype=dtype,
+                      matmul_flops_per_s=matmul_flops_per_s(*shape, dtype=dtype, repeats=repeats))
