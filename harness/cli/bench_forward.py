@@ -38,11 +38,11 @@ def timed(call, runs: int) -> tuple[float, float]:
     return first, statistics.median(times)
 
 
-def bench_ours(checkpoint, tokens: np.ndarray, runs: int, dtype: str) -> dict[str, tuple[float, float]]:
+def bench_ours(checkpoint, tokens: np.ndarray, runs: int, dtype: str, which=tuple(Form)) -> dict[str, tuple[float, float]]:
     ctx = checkpoint.config.max_context
     scan = forms.build_model(checkpoint, form=Form.SCAN, dtype=dtype)
     out = {}
-    for form in Form:
+    for form in which:
         model = forms.convert(scan, checkpoint.config, form)
         out[f"penzai {form.value}, {dtype}"] = timed(lambda: capture.logits(model, tokens, max_context=ctx), runs)
     return out
@@ -73,6 +73,7 @@ def main(argv=None, *, prog: str | None = None) -> int:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--dtypes", default="float32,bfloat16", help="parameter dtypes to run (harness.model.config.DTYPES)")
     parser.add_argument("--model", default=None, help="a checkpoint instead of the default SmolLM2 (no transformers row)")
+    parser.add_argument("--forms", default=",".join(f.value for f in Form), help="execution forms to run (each holds its own copy of the weights)")
     args = parser.parse_args(argv)
     checkpoint = read_checkpoint(args.model)
     cfg, n_tokens = checkpoint.config, args.batch * args.seq
@@ -86,7 +87,7 @@ def main(argv=None, *, prog: str | None = None) -> int:
     medians = {}
     with compile_cache.disabled():
         for dtype in args.dtypes.split(","):
-            results = bench_ours(checkpoint, tokens, args.runs, dtype)
+            results = bench_ours(checkpoint, tokens, args.runs, dtype, tuple(Form(f) for f in args.forms.split(",")))
             if dtype == "float32" and args.model is None:
                 results |= bench_transformers(tokens, args.runs)
             peak = efficiency.matmul_flops_per_s(n_tokens, cfg.d_model, cfg.d_ffn, dtype=dtype)

@@ -87,7 +87,7 @@ def penzai_config(config: ModelConfig, *, form: Form, param_dtype=jnp.float32) -
     """Our config in penzai's terms; embeddings are never tied here (penzai's tie also rescales).
 
     Activations (the residual stream, norms, softmax) are float32 whatever the parameters' dtype; contractions run in
-    the parameters' dtype with float32 accumulation (harness.model.contractions).
+    the parameters' dtype with float32 accumulation (harness.model.rewrites).
     """
     if config.sliding_window is not None and config.sliding_window < config.max_context:
         attention_type = llamalike.AttentionTypeSlidingWindowCausal(config.sliding_window)
@@ -124,7 +124,7 @@ def _head_axes(which: str, c: ModelConfig) -> dict[str, int]:
     return kv_heads if which in ("k", "v") else heads
 
 
-# penzai label suffix of each per-block parameter -> (canonical weight suffix, how to shape it: named axes in data order).
+# penzai label suffix of each per-block parameter -> the canonical weight it is read from (shaped by _block_axes).
 _BLOCK_PARAMS = {
     "pre_attention_norm/scale.weights": "input_layernorm.weight",
     "pre_ffw_norm/scale.weights": "post_attention_layernorm.weight",
