@@ -1,37 +1,19 @@
-"""C5: running the layers as a true `jax.lax.scan` cuts compile time; penzai's LayerStack does not.
-
-Claims run on the SmolLM2 shape (random weights or abstract params, batch 4×128), each compile once per
-session; the registry names the form, depths and rounds of each. The benchmark grid (2..120 layers × three
-forms × SmolLM2 and Phi-3-mini shapes) runs only with `-m benchmark --benchmark-enable`; it prints the ratios and
-writes reports/<profile>/compile_time.png.
+"""C5's benchmark grid, beside the C5 claims (a true `jax.lax.scan` cuts compile time; penzai's LayerStack does not),
+which the tests the claims plugin generates from the registry measure on its `compile_timings` (SmolLM2 shape, random
+weights or abstract params, batch 4x128). The grid (2..120 layers x three forms x SmolLM2 and Phi-3-mini shapes) runs
+only with `-m benchmark --benchmark-enable`; it prints the ratios and writes reports/<profile>/compile_time.png.
 """
 
 from __future__ import annotations
-
-import pathlib
 
 import jax
 import numpy as np
 import pytest
 
-from harness.claims.measures import measure
+from harness.claims.inputs import COMPILE_BATCH as BATCH, COMPILE_SEQ as SEQ, COMPILE_SHAPE as SHAPE
 from harness.model.forms import Form
 from harness.reporting import compile_report
 from harness.studies import compile_timing
-
-SHAPE = "smollm2-135m"
-BATCH, SEQ = 4, 128
-
-
-@pytest.fixture(scope="module")
-def compiled():
-    """Compile timings and forwards of the SmolLM2 shape at batch 4x128, each measured once per session."""
-    return compile_timing.Measurements(shape=SHAPE, batch=BATCH, seq=SEQ)
-
-
-@pytest.mark.measure("scan_equals_unrolled", "while_loops", "compile_growth", "compile_speedup", "forward_overhead")
-def test_true_scan_over_the_layer_axis_cuts_compile_time(claim, check_claim, compiled):
-    check_claim(claim, measure(claim, compiled))
 
 
 # ---- the benchmark grid: -m benchmark --benchmark-enable -------------------------------------------
@@ -81,13 +63,13 @@ class _Grid:
 
 
 @pytest.fixture(scope="module")
-def grid(request, profile):
+def grid(request, profile, reports_dir):
     measured = _Grid()
     yield measured
     timings = measured.timings()
     if not timings:
         return
-    directory = pathlib.Path(request.config.getoption("--reports-dir")) / profile.name
+    directory = reports_dir / profile.name
     plot, data = compile_report.write_compile_report(timings, directory)
     lines = [compile_report.text_table(timings), "", *compile_report.ratio_lines(timings), f"plot: {plot}", f"figures: {data}"]
     reporter = request.config.pluginmanager.getplugin("terminalreporter")

@@ -179,22 +179,38 @@ def test_a_claim_test_that_produces_no_result_fails(gate):
     result.stdout.fnmatch_lines(["*T-holds*no result was produced*"])
 
 
-def test_an_orphan_claim_is_a_collection_error(gate):
+def test_an_orphan_claim_is_a_collection_error(gate, pytester):
+    """Every registered measure gets a generated test, so an orphan is a claim whose measure needs an input (a
+    positional parameter) that no fixture gives: named at collection, before anything runs."""
+    pytester.makeconftest("""
+from harness.claims.measures import registered
+
+@registered
+def needs_what_nobody_gives(no_such_input, *, x: int):
+    raise AssertionError("never measured")
+""")
     orphan = REGISTRY.format(false_recorded="does not hold") + """
 [[claim]]
 id = "T-orphan"
-sentence = "no test measures this"
+sentence = "no fixture gives this measure its input"
 profile = "any"
-measure = "model_accuracy"
-args = { set = "mmlu", format = "letter", reading = "letter" }
+measure = "needs_what_nobody_gives"
+args = { x = 1 }
 statistic = "Wilson 95%"
 op = ">="
 expected = 0.5
 source = "test"
 """
     result = gate(FIRST, registry=orphan)
-    assert result.ret != 0
-    result.stderr.fnmatch_lines(["*T-orphan*model_accuracy*0 tests*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*T-orphan*needs_what_nobody_gives*no_such_input*no fixture provides*"])
+
+
+def test_a_measure_two_tests_take_is_a_collection_error(gate, pytester):
+    (pytester.path / "evals" / "test_again.py").write_text(TEST_MODULE)
+    result = gate(FIRST)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*T-holds*sae_gate*2 tests*"])
 
 
 def test_an_unknown_measure_or_argument_in_the_registry_is_an_error(gate):

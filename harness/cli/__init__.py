@@ -10,10 +10,11 @@ import sys
 # command -> (module under harness.cli whose main(argv, prog=...) runs it, one-line help); imported only when chosen,
 # so `claims-harness --help` does not load JAX.
 COMMANDS = {
+    "init": ("init", "start a folder of your own claims: a starter evals/claims.toml, a CI job, pytest's settings"),
     "train-sae": ("train_sae", "regenerate the committed default SAE and its card (slow)"),
     "sae-card": ("sae_card", "recompute the default SAE's card figures and check them against the card"),
     "dashboard": ("dashboard", "build the dashboard page of one or more SAE features"),
-    "control-set": ("control_set", "regenerate data/control_set.jsonl from installed fact packages"),
+    "control-set": ("control_set", "regenerate the control set (harness/data/control_set.jsonl) from fact packages"),
     "bench-forward": ("bench_forward", "forward throughput of each execution form beside transformers"),
     "bench-evaluation": ("bench_evaluation", "where the evaluation path's time goes, per format"),
     "bench-peer": ("bench_peer", "lm-evaluation-harness and this harness on the same MMLU questions"),

