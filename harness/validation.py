@@ -13,6 +13,7 @@ import json
 import math
 import os
 import pathlib
+import tomllib
 from typing import Annotated, Any
 
 import ml_dtypes  # noqa: F401 — registers 'bfloat16' with numpy, so safetensors can return bf16 tensors
@@ -149,11 +150,6 @@ def map_safetensors(path: str | os.PathLike, *, expected: str) -> dict[str, Mapp
     return tensors
 
 
-def read_safetensors(path: str | os.PathLike, *, expected: str) -> dict[str, np.ndarray]:
-    """Every tensor of one safetensors file as numpy arrays in memory, dtypes as stored (see map_safetensors)."""
-    return {name: np.array(mapped.read()) for name, mapped in map_safetensors(path, expected=expected).items()}
-
-
 def decode_utf8(data: bytes, source: str) -> str:
     """UTF-8 text with one leading BOM removed; another encoding fails naming the line and byte of the first bad byte."""
     if data.startswith(BOM):
@@ -171,6 +167,14 @@ def decode_utf8(data: bytes, source: str) -> str:
 def read_text(path: str | os.PathLike, *, expected: str = "a UTF-8 text file") -> str:
     """A text file as str: UTF-8, BOM stripped; every failure is one InputError line naming the file."""
     return decode_utf8(read_bytes(path, expected=expected), str(path))
+
+
+def read_toml(path: str | os.PathLike, *, expected: str) -> dict:
+    """A UTF-8 TOML file as a dict; a missing file, bad bytes or bad TOML is one InputError line naming the file."""
+    try:
+        return tomllib.loads(read_text(path, expected=expected))
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path}: not valid TOML ({one_line(e, 150)}); expected {expected}") from None
 
 
 def _no_duplicate_keys(source: str):

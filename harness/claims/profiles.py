@@ -9,14 +9,13 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import pathlib
-import tomllib
 from typing import Annotated, Literal, Mapping
 
 from pydantic import ConfigDict, Field, field_validator
 
 from harness.errors import InputError
 from harness.model.config import DTYPES
-from harness.validation import NonNegativeInt, PositiveInt, Schema, StrictStr, validate
+from harness.validation import NonNegativeInt, PositiveInt, Schema, StrictStr, read_toml, validate
 
 RESOURCES = pathlib.Path(str(importlib.resources.files("harness.claims") / "resources"))  # installed unzipped
 BUILTIN = RESOURCES / "profiles.toml"
@@ -132,12 +131,7 @@ def _dataset_beside(folder: pathlib.Path, entry: str) -> str:
 def profiles_in(path: pathlib.Path) -> dict[str, Profile]:
     """The checked [[profile]] tables of a TOML file, by name; model, SAE and data paths resolved against its folder
     (a model that is no path there stays an id for the local Hugging Face cache)."""
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: not found (expected a TOML file of [[profile]] tables)") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: not valid UTF-8 TOML ({e})") from None
+    raw = read_toml(path, expected="a TOML file of [[profile]] tables")
     tables = raw.get("profile", [])
     if not isinstance(tables, list):
         raise InputError(f"{path}: 'profile' must be [[profile]] tables, got {type(tables).__name__}")

@@ -11,11 +11,11 @@ import enum
 import inspect
 import math
 import pathlib
-import tomllib
 from typing import Any, Literal
 
 from harness.errors import InputError
 from harness.scoring.measurement import EXACT
+from harness.validation import read_toml
 
 ANY_PROFILE = "any"
 Op = Literal[">=", "<=", "within", "reproduces", "==", "not rejected"]
@@ -137,12 +137,7 @@ def check_measure(claim: Claim) -> None:
 def load_registry(path: str | pathlib.Path, *, check_measures: bool = True) -> tuple[Claim, ...]:
     """Claims from a TOML file of `[[claim]]` tables; ids unique, each measure registered and its args valid."""
     path = pathlib.Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: claim registry not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: not valid UTF-8 TOML ({e})") from None
+    raw = read_toml(path, expected="a claim registry: a TOML file of [[claim]] tables")
     unknown = sorted(set(raw) - {"claim", "profile"})  # [[profile]] tables are read by harness.claims.profiles
     if unknown:
         raise InputError(f"{path}: unknown top-level key {unknown[0]!r}; expected only [[claim]] and [[profile]] tables")
