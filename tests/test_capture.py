@@ -49,9 +49,9 @@ def test_layer_out_of_range_names_the_layer_and_the_range(model, checkpoint, tok
         assert f"layer {layer}" in message and f"0..{N_LAYERS - 1}" in message
 
 
-def test_where_other_than_pre_or_post_is_rejected(model, checkpoint, tokens):
+def test_where_other_than_a_capture_point_is_rejected(model, checkpoint, tokens):
     message = _one_line_error(lambda: capture.residual(model, tokens, layer=0, where="mid", max_context=128))
-    assert "'mid'" in message and "'pre' or 'post'" in message
+    assert "'mid'" in message and "['pre', 'post', 'attn_out', 'mlp_out']" in message
 
 
 def test_prompt_longer_than_the_context_is_rejected_not_truncated(model, checkpoint, tokens):

@@ -32,7 +32,7 @@ BAD_CONFIG = [("hidden_size", "16"), ("hidden_size", True), ("hidden_size", 0), 
               ("rms_norm_eps", float("inf")), ("tie_word_embeddings", "false"), ("tie_word_embeddings", 0),
               ("num_key_value_heads", 3), ("rope_theta", "big"), ("rope_scaling", {"type": "linear", "factor": 2.0}),
               ("rope_scaling", "linear"), ("attention_bias", True), ("attention_bias", "false"), ("hidden_act", "gelu"),
-              ("model_type", "mistral"), ("vocab_size", 63), ("eos_token_id", 10**6), ("eos_token_id", "2"),
+              ("model_type", "mixtral"), ("vocab_size", 63), ("eos_token_id", 10**6), ("eos_token_id", "2"),
               ("num_hidden_layers", 2), ("num_hidden_layers", 10**9), ("head_dim", "8"), ("intermediate_size", None),
               ("partial_rotary_factor", 0.5), ("rope_parameters", {"rope_type": "yarn"}), ("sliding_window", 16)]
 BAD_TOKENIZER_CONFIG = [("add_bos_token", "false"), ("add_eos_token", "true"), ("add_eos_token", True), ("bos_token", 5),

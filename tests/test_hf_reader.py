@@ -18,6 +18,8 @@ from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 import harness.model.hf_reader as hf_reader
 from harness.errors import InputError
+from harness.model import families
+from harness.model.families import common
 from harness.model.hf_reader import model_config_from_hf, read_hf_dir, resolve_hf_cache
 from harness.validation import short_repr
 
@@ -252,7 +254,7 @@ def test_config_fields_match_transformers(hf_checkpoints, name):
         cfg.intermediate_size, cfg.vocab_size)
     assert got.head_dim == model.model.layers[0].self_attn.head_dim
     assert got.rope_base == cfg.rope_parameters["rope_theta"]
-    assert got.rms_norm_eps == cfg.rms_norm_eps
+    assert got.norm_eps == cfg.rms_norm_eps
     assert got.tie_embeddings == cfg.tie_word_embeddings
     assert got.max_context == cfg.max_position_embeddings
     assert got.sliding_window == getattr(cfg, "sliding_window", None)
@@ -441,7 +443,7 @@ def test_shape_mismatch(llama_copy):
 @pytest.mark.parametrize(
     ("changes", "fragments"),
     [
-        ({"model_type": "mistral"}, ["model_type 'mistral'"]),
+        ({"model_type": "mamba"}, ["model_type 'mamba'"]),
         ({"hidden_size": ...}, ["field hidden_size is missing"]),
         ({"rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}},
          ["key 'rope_scaling' = {'type': 'longrope'", "expected null"]),
@@ -624,7 +626,7 @@ def test_config_read_as_utf8_with_bom_and_no_effect_keys_listed(llama_copy):
 def test_unknown_config_key_is_refused_naming_file_key_and_value(llama_copy):
     edit_config(llama_copy, some_future_flag=1)
     assert_input_error(llama_copy, f"{llama_copy / 'config.json'}: key 'some_future_flag' = 1 is not supported "
-                                   "(this harness runs Llama/Phi-3 maths; unknown keys may change it)")
+                                   "(this harness runs llama maths as harness.model.families.llama says; unknown keys may change the maths)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -698,8 +700,14 @@ def figures(cfg) -> tuple:
             cfg.vocab_size, cfg.rope_base, cfg.tie_embeddings, cfg.max_context, cfg.sliding_window)
 
 
-def test_the_three_key_lists_are_disjoint():
-    used, harmless, pinned = hf_reader.USED_KEYS, set(hf_reader.NO_EFFECT_KEYS), set(hf_reader.SUPPORTED_VALUES)
+def family_of(raw):
+    return families.for_hf(raw["model_type"], "config.json")
+
+
+@pytest.mark.parametrize("name", sorted(families.families()))
+def test_the_three_key_lists_are_disjoint(name):
+    family = families.families()[name]
+    used, harmless, pinned = family.hf_used_keys, set(family.hf_no_effect_keys), set(family.hf_supported_values)
     assert not (used & harmless) and not (used & pinned) and not (harmless & pinned)
 
 
@@ -707,8 +715,8 @@ def test_the_three_key_lists_are_disjoint():
 def test_real_config_files_load(name):
     raw, expected = REAL_CONFIGS[name]
     assert figures(model_config_from_hf(raw, source=f"{name}/config.json")) == expected
-    assert hf_reader.ignored_config_keys(raw) == tuple(sorted(set(raw) & set(hf_reader.NO_EFFECT_KEYS)))
-    assert set(raw) <= hf_reader.USED_KEYS | set(hf_reader.NO_EFFECT_KEYS) | set(hf_reader.SUPPORTED_VALUES)
+    assert hf_reader.ignored_config_keys(raw) == tuple(sorted(set(raw) & set(family_of(raw).hf_no_effect_keys)))
+    assert set(raw) <= family_of(raw).hf_known_keys
 
 
 def test_standin_phi3_config_has_the_real_keys():
@@ -723,17 +731,24 @@ TINY_WIDTHS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "int
 
 
 @pytest.mark.parametrize("version", ["Llama-3.2-1B-Instruct", "Llama-3.1-8B-Instruct"])
-def test_llama3_rope_scaling_is_refused(version):
-    raw = LLAMA_3_2_1B_INSTRUCT if version == "Llama-3.2-1B-Instruct" else LLAMA_3_2_1B_INSTRUCT | {
-        "rope_scaling": LLAMA_3_2_1B_INSTRUCT["rope_scaling"] | {"factor": 8.0}}
+def test_llama3_rope_scaling_is_read(version):
+    factor = 32.0 if version == "Llama-3.2-1B-Instruct" else 8.0
+    raw = LLAMA_3_2_1B_INSTRUCT | {"rope_scaling": LLAMA_3_2_1B_INSTRUCT["rope_scaling"] | {"factor": factor}}
+    scaling = model_config_from_hf(raw, source="ckpt/config.json").rope_scaling
+    assert (scaling.kind, scaling.factor, scaling.low_freq_factor, scaling.high_freq_factor, scaling.original_max) == (
+        "llama3", factor, 1.0, 4.0, 8192)
+
+
+def test_linear_rope_scaling_is_refused_in_one_line():
+    raw = LLAMA_3_2_1B_INSTRUCT | {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}
     with pytest.raises(InputError) as info:
         model_config_from_hf(raw, source="ckpt/config.json")
     message = str(info.value)
-    assert message.startswith("ckpt/config.json: key 'rope_scaling' = {") and "'rope_type': 'llama3'" in message
-    assert "is not supported (expected null: plain RoPE" in message and "\n" not in message
+    assert message.startswith("ckpt/config.json: key 'rope_scaling' = {") and "'rope_type': 'linear'" in message
+    assert "is not supported (expected null or rope_type 'llama3'" in message and "\n" not in message
 
 
-KNOWN_KEYS = hf_reader.USED_KEYS | set(hf_reader.NO_EFFECT_KEYS) | set(hf_reader.SUPPORTED_VALUES)
+KNOWN_KEYS = frozenset().union(*(f.hf_known_keys for f in families.families().values()))
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
@@ -750,10 +765,12 @@ def test_any_unknown_key_is_refused_in_one_line(base, key, value):
         model_config_from_hf(raw, source="some/dir/config.json")
     message = str(info.value)
     assert message.startswith(f"some/dir/config.json: key {key!r} = ") and "\n" not in message
-    assert message.endswith(" is not supported (this harness runs Llama/Phi-3 maths; unknown keys may change it)")
+    family = family_of(raw).name
+    assert message.endswith(f" is not supported (this harness runs {family} maths as harness.model.families.{family} "
+                            "says; unknown keys may change the maths)")
 
 
-NO_EFFECT_ANY_VALUE = sorted(set(hf_reader.NO_EFFECT_KEYS) - {"bos_token_id", "eos_token_id", "pad_token_id"})
+NO_EFFECT_ANY_VALUE = sorted(set(common.NO_EFFECT_KEYS) - {"bos_token_id", "eos_token_id", "pad_token_id"})
 
 
 @hypothesis.settings(max_examples=60, deadline=None)
@@ -781,14 +798,16 @@ def test_no_effect_keys_accept_any_value_and_are_listed(base, key, value):
     ("rope_interleaved", True, "expected false"),
     ("partial_rotary_factor", 0.5, "expected 1.0"),
     ("original_max_position_embeddings", 0, "expected a positive int"),
+    ("rope_scaling", {"rope_type": "yarn", "factor": 2.0}, "expected null"),
     ("original_max_position_embeddings", "4096", "expected a positive int"),
 ])
 @pytest.mark.parametrize("base", ["Meta-Llama-3-8B-Instruct", "Phi-3-mini-4k-instruct"])
 def test_pinned_key_with_another_value_is_refused(base, key, value, why):
-    assert key in hf_reader.SUPPORTED_VALUES
+    raw = REAL_CONFIGS[base][0]
+    assert key in family_of(raw).hf_supported_values
     with pytest.raises(InputError) as info:
-        model_config_from_hf(REAL_CONFIGS[base][0] | {key: value}, source="d/config.json")
-    supported = hf_reader.SUPPORTED_VALUES[key][1]
+        model_config_from_hf(raw | {key: value}, source="d/config.json")
+    supported = family_of(raw).hf_supported_values[key][1]
     assert supported.startswith(why)
     assert str(info.value) == f"d/config.json: key {key!r} = {short_repr(value)} is not supported ({supported})"
 

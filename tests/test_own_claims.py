@@ -136,6 +136,20 @@ def test_an_unknown_or_clashing_profile_lists_those_found(own):
     clash.stderr.fnmatch_lines(["ERROR: *claims.toml: profile 'phi3-mini' is a built-in profile*another name"])
 
 
+def test_a_path_value_written_with_a_space_says_why_the_registry_was_missed(own, tmp_path_factory):
+    """pytest fixes its rootdir before the plugin's options exist: `--cache-dir DIR` counts DIR as a path argument
+    and moves the rootdir; the one-line error says so and how to write it (`--cache-dir=DIR` works)."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    registry = PROFILE + CLAIM.format(id="x", profile="mine", measure="share_keyed_a")
+    moved = own(registry, "--profile", "mine", "--cache-dir", str(elsewhere))
+    assert moved.ret == pytest.ExitCode.USAGE_ERROR
+    words = ("ERROR: --profile 'mine': expected one of * (registry *, rootdir *: pytest takes the rootdir from the "
+             "paths on the command line, *write '--model=PATH', or pass --rootdir)")
+    moved.stderr.fnmatch_lines([words])
+    kept = own(registry, "--profile", "mine", f"--cache-dir={elsewhere}", "--collect-only")
+    assert kept.ret == pytest.ExitCode.OK
+
+
 def _uncommented(text: str) -> str:
     """The starter with its commented-out TOML lines (`#` then no space) switched on; prose comments stay."""
     return "\n".join(line[1:] if re.match(r"#[^\s#]", line) else line for line in text.splitlines())

@@ -27,7 +27,7 @@ def _alone(model, checkpoint, ids, layer):
 
 
 def _visible(packed, q: int, k: int) -> bool:
-    """ApplySegmentCausalMask's rule for one (query row, key row) pair, in numpy."""
+    """blocks.CausalMask's rule for one (query row, key row) pair, in numpy."""
     kseg, qseg = packed.segments[k], packed.segments[q]
     return bool(k <= q and kseg <= qseg <= packed.segment_ends[k])
 

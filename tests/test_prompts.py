@@ -3,6 +3,8 @@ the token-boundary check (a token spanning the join, SentencePiece's prepended "
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import tokenizers
 from checkpoints import tiny_gguf
@@ -129,6 +131,23 @@ def test_an_over_long_question_raises_naming_it_never_truncates(smollm2):
 def test_an_unknown_format_is_rejected(smollm2):
     with pytest.raises(InputError, match="'mcf'"):
         build_prompts(smollm2, QUESTION, "mcf", max_len=100)
+
+
+@pytest.mark.parametrize("template", [None, ""])
+def test_a_tokenizer_without_a_chat_template_gets_plain_prompts(smollm2, template):
+    """A base model (GPT-2, Gemma-3 270M: no chat template) is prompted plainly: the user message, a newline, then
+    the assistant part ("Answer: (" + letter, "Answer:" + " text", or the answer text alone for cloze)."""
+    base = dataclasses.replace(smollm2, chat_template=template, source="no-template")
+    listed = user_message(QUESTION, "letter")
+    assert context_text(base, QUESTION, "letter") == listed + "\nAnswer: ("
+    assert context_text(base, QUESTION, "text") == listed + "\nAnswer:"
+    assert context_text(base, QUESTION, "cloze") == QUESTION.question + "\n"
+    for fmt in ("letter", "text", "cloze"):
+        prompts = build_prompts(base, QUESTION, fmt, max_len=256)
+        assert prompts.context == context_text(base, QUESTION, fmt)
+        for option, continuation in zip(prompts.options, continuations(QUESTION, fmt)):
+            assert base.decode(option.ids) == prompts.context + continuation  # nothing of the template, no BOS
+    assert letter_probe(build_prompts(base, QUESTION, "letter", max_len=256)) is not None
 
 
 @pytest.fixture(scope="module")

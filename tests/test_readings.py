@@ -148,3 +148,24 @@ def test_a_bfloat16_residual_is_read_as_its_float32_values(reading):
     np.testing.assert_array_equal(feature_readings(x16, params, reading=reading), want)
     np.testing.assert_allclose(readings.feature_subset(params, x16[:, 0], [4, 1], reading=reading), want[:, 0, [4, 1]],
                                rtol=1e-6, atol=1e-6)  # other matmul shapes: float32 rounding only
+
+
+@pytest.mark.parametrize("architecture,settings", CASES)
+@pytest.mark.parametrize("reading", readings.READINGS)
+def test_an_sae_that_reads_a_centred_residual_is_read_on_the_residual_minus_its_mean(architecture, settings, reading):
+    """center_input (SAELens center_writing_weights on a LayerNorm model): every reading, the decoder projection too,
+    is the numpy reading of x − mean_d(x); a residual with a large common offset shows it (uncentred, it moves)."""
+    params, w = _params(architecture, center_input=True, **settings)
+    x = _resid() + 3.0 + np.random.default_rng(4).normal(size=(N_Q, 4, 1)).astype(np.float32)
+    x_c = x - x.mean(axis=-1, keepdims=True)
+    ref = _numpy_reading(w, architecture, reading, x_c, k=settings.get("k"),
+                         norm_factor=settings.get("norm_factor", 1.0),
+                         apply_b_dec=settings.get("apply_b_dec_to_input", False))
+    got = feature_readings(x, params, reading=reading)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(readings.feature_subset(params, x, [3, 0], reading=reading), ref[..., [3, 0]],
+                               rtol=1e-4, atol=1e-4)
+    plain = _numpy_reading(w, architecture, reading, x, k=settings.get("k"),
+                           norm_factor=settings.get("norm_factor", 1.0),
+                           apply_b_dec=settings.get("apply_b_dec_to_input", False))
+    assert np.abs(plain - ref).max() > 0.1  # the offset matters: the test can tell centred from plain

@@ -26,7 +26,7 @@ def _named(rows: list[str]) -> set[str]:
                 package = n
             elif n.startswith("harness/"):
                 out.add(n)
-            elif package and re.fullmatch(r"[a-z_]+", n):
+            elif package and re.fullmatch(r"[a-z_][a-z0-9_]*", n):
                 out.add(f"{package}{n}.py")
     return out
 

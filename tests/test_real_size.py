@@ -62,7 +62,8 @@ def test_bfloat16_parameters_contract_in_bf16_with_float32_results(gguf_checkpoi
     the float32 model's."""
     model = forms.build_model(gguf_checkpoint, form=form, dtype="bfloat16")
     _, params = capture.pz.unbind_params(model)
-    assert {p.value.dtype for p in params} == {np.dtype("bfloat16")}
+    assert {p.value.dtype for p in params if not forms.is_constant(p.label)} == {np.dtype("bfloat16")}
+    assert {p.value.dtype for p in params if forms.is_constant(p.label)} == {np.dtype("float32"), np.dtype("int32")}
     tokens = np.random.default_rng(0).integers(0, gguf_checkpoint.config.vocab_size, size=(2, 12))
     text = capture._logits.lower(capture.pz.freeze_params(model), np.asarray(tokens, np.int32)).as_text()
     dots = re.findall(r"stablehlo\.dot_general[^\n]*contracting_dims = \[\d[^\n]*: \((tensor<[^>]*>), (tensor<[^>]*>)\) -> "

@@ -68,8 +68,8 @@ def test_the_three_model_layouts_hold_the_same_weights_and_give_the_same_logits(
     reference = layouts["hf-folder"]
     for name, ck in layouts.items():
         # GGUF stores rms_norm_eps as float32 (1e-5 -> 9.99999975e-06); everything else is identical
-        assert dataclasses.replace(ck.config, rms_norm_eps=reference.config.rms_norm_eps) == reference.config, name
-        assert ck.config.rms_norm_eps == pytest.approx(reference.config.rms_norm_eps, rel=1e-7), name
+        assert dataclasses.replace(ck.config, norm_eps=reference.config.norm_eps) == reference.config, name
+        assert ck.config.norm_eps == pytest.approx(reference.config.norm_eps, rel=1e-7), name
         assert ck.weights.keys() == reference.weights.keys(), name
         for key, w in reference.weights.items():
             np.testing.assert_array_equal(ck.weights[key], w, err_msg=f"{name}: {key}")

@@ -16,6 +16,9 @@ import pytest
 from harness.claims.plugin import limit_of, progress_line, run_of
 from harness.errors import InputError
 
+# set by `checkpoint` when the run prepends BOS for the SAE (the prompts change, so every cache key must)
+BOS_FOR_SAE = pytest.StashKey[bool]()
+
 
 @contextlib.contextmanager
 def users_input(config, option: str):
@@ -29,10 +32,15 @@ def users_input(config, option: str):
 
 
 @pytest.fixture(scope="session")
-def checkpoint(pytestconfig, profile, provenance):
-    """The profile's checkpoint. A profile default the user did not give and that is not cached skips (one line)."""
+def checkpoint(pytestconfig, profile, provenance, request):
+    """The profile's checkpoint. A profile default the user did not give and that is not cached skips (one line).
+
+    With an SAE trained on prompts that began with BOS (SAELens prepend_bos) and a tokenizer that adds none (GPT-2's),
+    the tokenizer adds it: every prompt of the run is then the SAE's kind (sae.checkpoint_for_sae; said in provenance).
+    """
     from harness.model.sources import read_checkpoint
     from harness.runs.cache import digest_file
+    from harness.sae.sae import checkpoint_for_sae
 
     try:
         with users_input(pytestconfig, "--model"):
@@ -43,6 +51,12 @@ def checkpoint(pytestconfig, profile, provenance):
         pytest.skip(f"{profile.name}: model not given and {profile.model} is not in the local HF cache ({e}); "
                     f"pass --model PATH_OR_ID")
     provenance["model"] = f"{ck.source} (sha256 {digest_file(ck.source)[:16]}…)"
+    if profile.sae is not None:  # read after the model, so that a bad model is the error reported first
+        adapted, note = checkpoint_for_sae(ck, request.getfixturevalue("sae_file")[1])
+        pytestconfig.stash[BOS_FOR_SAE] = adapted is not ck
+        if note:
+            provenance["sae prepend_bos"] = note
+        ck = adapted
     return ck
 
 
@@ -63,23 +77,39 @@ def model(pytestconfig, profile, checkpoint, provenance):
 
 
 @pytest.fixture(scope="session")
-def sae(pytestconfig, profile, checkpoint, provenance):
-    """(SAEParams, SAEMeta) of the profile's SAE, checked against the model's width, layer and hook."""
-    from harness.runs.cache import digest_file
+def sae_file(pytestconfig, profile):
+    """(SAEParams, SAEMeta) as the profile's SAE file states them, not yet fitted to the model; None without an SAE."""
     from harness.sae.formats import load_any
-    from harness.sae.sae import check_compatible
+
+    if profile.sae is None:
+        return None
+    # a saex file stores no layer: --sae-layer, else the file's own metadata or name (never the profile's guess)
+    with users_input(pytestconfig, "--sae"):
+        return load_any(profile.sae, layer=pytestconfig.getoption("--sae-layer"), hook=profile.hook)
+
+
+@pytest.fixture(scope="session")
+def sae(pytestconfig, profile, checkpoint, sae_file, provenance):
+    """(SAEParams, SAEMeta) of the profile's SAE, checked against the model's width, layer and hook, and reading the
+    model as it read in training (sae.for_model: a centred residual on a LayerNorm model)."""
+    from harness.runs.cache import digest_file
+    from harness.sae.sae import check_compatible, for_model
 
     if profile.sae is None:
         pytest.skip(f"{profile.name}: no SAE given; pass --sae PATH (the original: nev/phi-3-4k-saex-test "
                     f"l20-test-run-5-7.00E-06)")
-    # a saex file stores no layer: --sae-layer, else the file's own metadata or name (never the profile's guess)
+    params, meta = sae_file
     with users_input(pytestconfig, "--sae"):
-        params, meta = load_any(profile.sae, layer=pytestconfig.getoption("--sae-layer"), hook=profile.hook)
         check_compatible(meta, d_model=checkpoint.config.d_model, layer=profile.layer, hook=profile.hook)
+    params, centring = for_model(params, meta, norm=checkpoint.config.norm)
     provenance["sae"] = (f"{profile.sae} (sha256 {digest_file(profile.sae)[:16]}…; {meta.format} {params.architecture}, "
                          f"{meta.d_sae} features, layer {meta.layer} {meta.hook} — layer from {meta.layer_source})")
     if meta.ignored_fields:
         provenance["sae fields ignored (no effect on the maths)"] = list(meta.ignored_fields)
+    if meta.defaulted_fields:
+        provenance["sae fields defaulted (absent from the file)"] = list(meta.defaulted_fields)
+    if centring:
+        provenance["sae input centring"] = centring
     return params, meta
 
 
@@ -121,13 +151,15 @@ def activation_cache(pytestconfig):
 
 
 @pytest.fixture(scope="session")
-def cached(profile, checkpoint, activation_cache):
+def cached(pytestconfig, profile, checkpoint, activation_cache):
     """cached(name, key_parts, compute, code=()) -> arrays: a deterministic model computation through the on-disk
     cache, keyed by name, the weights digest, code_version(), the digest of the extra harness files `code` and
     key_parts (which must hold everything else the arrays depend on: SAE digest, inputs, layer, hook, seeds)."""
     from harness.runs.cache import code_digest, code_version, digest_file
 
     base = {"weights": digest_file(checkpoint.source), "code": code_version(), "dtype": profile.dtype}
+    if pytestconfig.stash.get(BOS_FOR_SAE, False):  # the prompts begin with BOS for the SAE: not the files' prompts
+        base["bos_for_sae"] = True
 
     def get(name: str, key_parts: dict, compute, *, code: tuple[str, ...] = ()):
         key = {**base, **key_parts, "computation": name, "extra_code": code_digest(*code) if code else ""}

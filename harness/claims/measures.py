@@ -308,16 +308,19 @@ def scan_equals_unrolled(compile_timings, *, n_layers: int) -> Measurement:
 
 
 @registered
-def while_loops(compile_timings, *, form: str, n_layers: int) -> Measurement:
-    """C5: stablehlo.while ops in the lowered forward (a count: exact)."""
-    t = compile_timings.timing(form, n_layers, repeats=1)
+def while_loops(compile_timings, *, form: str, n_layers: int, shape: str | None = None) -> Measurement:
+    """C5: stablehlo.while ops in the lowered forward (a count: exact), of the SmolLM2 shape or a named one."""
+    t = compile_timings.of(shape).timing(form, n_layers, repeats=1)
     return Measurement(value=float(t.while_loops), statistic=EXACT, details=_timing_details(t))
 
 
 @registered
-def compile_growth(compile_timings, *, form: str, few: int, many: int, repeats: int = 3) -> Measurement:
-    """C5: lower+compile CPU seconds at `many` layers over `few` layers (best of the rounds each)."""
-    a, b = compile_timings.timing(form, few, repeats=repeats), compile_timings.timing(form, many, repeats=repeats)
+def compile_growth(compile_timings, *, form: str, few: int, many: int, repeats: int = 3,
+                   shape: str | None = None) -> Measurement:
+    """C5: lower+compile CPU seconds at `many` layers over `few` layers (best of the rounds each), of the SmolLM2 shape
+    or a named one (compile_timing.SHAPES: each family's real shape)."""
+    timings = compile_timings.of(shape)
+    a, b = timings.timing(form, few, repeats=repeats), timings.timing(form, many, repeats=repeats)
     return _timing_ratio(b.total.cpu, a.total.cpu, n=min(a.repeats, b.repeats), details=_timing_details(a, b))
 
 

@@ -55,7 +55,7 @@ RUN = pytest.StashKey[Run]()
 def pytest_addoption(parser):
     group = parser.getgroup("claims harness")
     group.addoption("--profile", default="smollm2-default", help="model profile of the claims: smollm2-default, phi3-mini (built-in) or a [[profile]] of the registry; the header lists those found")
-    group.addoption("--model", default=None, help="model: a .gguf file, a Hugging Face directory, or a model id in the local HF cache")
+    group.addoption("--model", default=None, help="model: a .gguf file, a Hugging Face directory, a model id in the local HF cache, or a built-in name (gemma3-270m)")
     group.addoption("--sae", default=None, help="SAE: a saex .safetensors file or folder, a SAELens folder, a Gemma Scope params.npz or a harness SAE folder")
     group.addoption("--sae-layer", default=None, type=int, help="the layer a saex SAE reads (saex files store none; else taken from a name like l20-...)")
     group.addoption("--dataset", default=None, help="comma-separated question sets: mmlu, control, truthfulqa, hendrycks:<dir or data.tar>[:val|test|dev], jsonl:<file>[:mmlu]")
@@ -133,6 +133,18 @@ def _load_entry_point_measures() -> None:
             registered(obj)
 
 
+def _rootdir_note(config, registry: pathlib.Path) -> str:
+    """Why a user's own registry may not have been read, when that is likely: pytest fixes the rootdir (where
+    claims_registry is looked up) before this plugin's options exist, so the value of an option written with a space
+    (`--model PATH`, `--cache-dir DIR`) counts as a path argument and can move the rootdir off the folder pytest runs in."""
+    here, root = pathlib.Path(config.invocation_params.dir), pathlib.Path(config.rootpath)
+    if registry.is_file() and here.is_relative_to(root):
+        return ""
+    return (f" (registry {registry}{'' if registry.is_file() else ': no such file'}, rootdir {root}: pytest takes the "
+            f"rootdir from the paths on the command line, an option's value too when written '--model PATH'; write "
+            f"'--model=PATH', or pass --rootdir)")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "measure(name): a claims test for the registry claims whose measure is `name`")
     config.addinivalue_line("markers", "claim: a research claim from the registry, checked on a model profile")
@@ -140,9 +152,12 @@ def pytest_configure(config):
     registry = pathlib.Path(config.rootpath) / config.getini("claims_registry")
     try:
         known = known_profiles(registry)
-        profile = get_profile(config.getoption("--profile"), known, model=config.getoption("--model"),
-                              sae=config.getoption("--sae"), dtype=config.getoption("--dtype"),
-                              layer=config.getoption("--layer"))
+        try:
+            profile = get_profile(config.getoption("--profile"), known, model=config.getoption("--model"),
+                                  sae=config.getoption("--sae"), dtype=config.getoption("--dtype"),
+                                  layer=config.getoption("--layer"))
+        except InputError as e:
+            raise InputError(f"{e}{_rootdir_note(config, registry)}") from None
         if not profile.builtin:  # a user's profile names its own files: they must exist (built-in defaults skip)
             check_files(profile)
         _load_entry_point_measures()

@@ -37,7 +37,7 @@ def parameters(shape: dict) -> int:
     """Parameter count of a model with these shapes in the canonical (Llama) layout."""
     from harness.model.config import ModelConfig
 
-    config = ModelConfig(architecture="llama", rope_base=1e4, rms_norm_eps=1e-5, max_context=4096, **shape)
+    config = ModelConfig(architecture="llama", rope_base=1e4, norm_eps=1e-5, max_context=4096, **shape)
     return sum(int(np.prod(s)) for s in config.expected_shapes().values())
 
 

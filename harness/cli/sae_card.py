@@ -1,11 +1,11 @@
-"""Print the committed default SAE's card figures recomputed on held-out text and check them against the card.
+"""Print a built-in profile's committed SAE card figures recomputed on held-out text and check them against the card.
 
 Re-measures the "heldout" and "gate_sample" evaluations written by scripts/train_default_sae.py (same
 corpus split, same sequences, the committed float16 weights) and compares each figure with sae.json's
 card within TOLERANCES; also checks that CARD.md shows the card's values. Exit status 1 on any mismatch.
 Takes a few minutes on 2 CPU cores (the CE forwards dominate).
 
-    claims-harness sae-card [--sae DIR] [--only heldout|gate_sample]
+    claims-harness sae-card [--profile NAME] [--sae DIR] [--only heldout|gate_sample]
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import pathlib
 
 from harness.model.forms import Form, build_model
 from harness.model.sources import read_checkpoint
-from harness.claims.profiles import DEFAULT_SAE_DIR
-from harness.cli.train_sae import PROFILE, evaluation_card
+from harness.cli.train_sae import MODELS, evaluation_card, trainable
 from harness.sae.corpus import CorpusConfig, train_heldout_chunks
 from harness.sae.formats import load_sae, read_card
 from harness.sae.splice import evaluate_sae
@@ -48,12 +47,15 @@ def compare(card: dict, measured: dict, tol: dict[str, float]) -> list[str]:
 
 def main(argv=None, *, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("--sae", type=pathlib.Path, default=DEFAULT_SAE_DIR)
+    parser.add_argument("--profile", default="smollm2-default", help=f"the built-in profile whose SAE to check: {sorted(MODELS)}")
+    parser.add_argument("--sae", type=pathlib.Path, default=None, help="the SAE folder (default: the profile's)")
     parser.add_argument("--only", choices=("heldout", "gate_sample"), default=None)
     args = parser.parse_args(argv)
+    profile = trainable(args.profile)
+    args.sae = args.sae or pathlib.Path(profile.sae)
     card = read_card(args.sae)
     params, meta = load_sae(args.sae)
-    checkpoint = read_checkpoint(None)
+    checkpoint = read_checkpoint(profile.model)
     model = build_model(checkpoint, form=Form.SCAN)
     corpus = card["corpus"]
     config = CorpusConfig(seq_len=corpus["seq_len"], heldout_fraction=corpus["heldout_fraction"], seed=corpus["seed"])
@@ -73,8 +75,8 @@ def main(argv=None, *, prog: str | None = None) -> int:
                 lines.append(f"MISMATCH CARD.md does not show {name} {key}={entry[key]:.4f}")
         print("\n".join(lines))
         failures += sum(line.startswith("MISMATCH") for line in lines)
-    if meta.layer != PROFILE.layer or meta.hook != PROFILE.hook:
-        print(f"MISMATCH SAE reads layer {meta.layer} {meta.hook}, the default profile reads {PROFILE.layer} {PROFILE.hook}")
+    if meta.layer != profile.layer or meta.hook != profile.hook:
+        print(f"MISMATCH SAE reads layer {meta.layer} {meta.hook}, profile {profile.name} reads {profile.layer} {profile.hook}")
         failures += 1
     print(f"{failures} mismatches")
     return 1 if failures else 0

@@ -2,7 +2,8 @@
 
 The residual stream "pre" block L is the input of block L (the output of blocks 0..L-1; for L = 0
 the scaled embeddings), "post" block L is its output — Hugging Face's hidden_states[L] and
-hidden_states[L + 1]. A forward that only needs the residual stops at that layer.
+hidden_states[L + 1]; "attn_out" / "mlp_out" block L are what its attention / MLP sub-block adds to the residual
+(TransformerLens' hook_attn_out / hook_mlp_out). A forward that only needs the residual stops at that layer.
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ from penzai import pz
 from penzai.models.transformer import model_parts
 
 from harness.errors import InputError
+from harness.model.blocks import KV_SEQ, SEGMENT_ENDS, SEGMENTS  # noqa: F401 — capture's names for callers
 from harness.model.forms import LAYER_AXIS, ScanLayerStack
 from harness.model.parallel import mesh_of, shard_batch
 
-Where = Literal["pre", "post"]
+Where = Literal["pre", "post", "attn_out", "mlp_out"]
+WHERES: tuple[str, ...] = ("pre", "post", "attn_out", "mlp_out")
 # Axis names of token inputs and of the activations returned here, in this order.
 BATCH, SEQ, EMBEDDING, VOCAB = "batch", "seq", "embedding", "vocabulary"
-KV_SEQ = "kv_seq"  # penzai's key axis in attention logits
-SEGMENTS = "token_segments"  # side input of a packed batch: the token's trie segment (depth-first order), -1 padding
-SEGMENT_ENDS = "token_segment_ends"  # side input: the last segment id in that segment's subtree (its descendants)
 
 
 def _parts(model: model_parts.TransformerLM):
@@ -63,13 +63,30 @@ def _block_range(blocks: list, start: int, stop: int) -> list:
 
 
 def check_layer(model, layer: int, where: Where) -> int:
-    """Number of blocks to run for the residual `where` block `layer`; InputError if out of range."""
+    """Number of whole blocks to run before the point `where` of block `layer`; InputError if out of range.
+
+    "attn_out" / "mlp_out" are what block `layer`'s attention / MLP sub-block adds to the residual (after any post-norm,
+    as TransformerLens' hook_attn_out / hook_mlp_out); they need a block of two residual sub-blocks, so a parallel
+    block (GPT-NeoX: x + attn(x) + mlp(x)) is refused.
+    """
     total = n_layers(model)
-    if where not in ("pre", "post"):
-        raise InputError(f"where={where!r}: expected 'pre' or 'post'")
+    if where not in WHERES:
+        raise InputError(f"where={where!r}: expected one of {list(WHERES)}")
     if not 0 <= layer < total:
         raise InputError(f"layer {layer} out of range: the model has blocks 0..{total - 1}")
-    return layer if where == "pre" else layer + 1
+    if where in ("attn_out", "mlp_out") and len(_block(model, layer).sublayers) != 2:
+        raise InputError(f"hook {where}: this model adds attention and MLP to the residual in one parallel step, so "
+                         "their outputs cannot be told apart at the residual; read resid_pre or resid_post")
+    return layer + 1 if where == "post" else layer
+
+
+def _block(model, layer: int) -> model_parts.TransformerBlock:
+    """Block `layer` on its own (a stack's sublayers indexed at `layer`)."""
+    _, blocks, _ = _parts(model)
+    if not isinstance(blocks[0], pz.nn.LayerStack):
+        return blocks[layer]
+    return (pz.select(blocks[0].stacked_sublayers).at_instances_of(pz.nx.NamedArrayBase)
+            .where(lambda x: LAYER_AXIS in x.named_shape).apply(lambda x: x[{LAYER_AXIS: layer}]))
 
 
 def check_tokens(tokens: np.ndarray, max_context: int) -> None:
@@ -86,40 +103,6 @@ def _named_tokens(tokens) -> pz.nx.NamedArray:
     return pz.nx.wrap(jnp.asarray(tokens, jnp.int32)).tag(BATCH, SEQ)
 
 
-@pz.pytree_dataclass
-class ApplySegmentCausalMask(pz.nn.Layer):
-    """Causal mask for packed sequences laid out as a token trie (`harness.runs.packing.pack_trie`): a token attends to
-    the earlier tokens of its own segment and of its segment's ancestors; padding (segment -1) is never attended to.
-
-    Segments are numbered depth-first, so segment s is an ancestor of segment q exactly when s <= q <= end(s), where
-    end(s) is the last segment of s's subtree. Replaces penzai's position-based causal mask: tokens of different
-    branches share positions.
-    """
-
-    masked_out_value: jax.typing.ArrayLike
-    window: int | None = dataclasses.field(default=None, metadata={"pytree_node": False})
-
-    def __call__(self, x: pz.nx.NamedArray, **side_inputs) -> pz.nx.NamedArray:
-        segments, ends, positions = side_inputs[SEGMENTS], side_inputs[SEGMENT_ENDS], side_inputs["token_positions"]
-        n = segments.named_shape[SEQ]
-        k_segments, k_ends = segments.untag(SEQ).tag(KV_SEQ), ends.untag(SEQ).tag(KV_SEQ)
-        q_segments = pz.nx.nmap(jnp.maximum)(segments, 0)   # a padding query reads the root (its output is unused)
-        mask = (pz.nx.arange(KV_SEQ, n) <= pz.nx.arange(SEQ, n)) & (k_segments >= 0)
-        mask = mask & (k_segments <= q_segments) & (q_segments <= k_ends)
-        if self.window is not None:
-            mask = mask & (positions - positions.untag(SEQ).tag(KV_SEQ) < self.window)
-        return pz.nx.nmap(jnp.where)(mask, x, self.masked_out_value)
-
-
-def _segment_masked(model):
-    """The model with every causal attention mask replaced by ApplySegmentCausalMask."""
-    return (
-        pz.select(model)
-        .at_instances_of(pz.nn.ApplyCausalAttentionMask | pz.nn.ApplyCausalSlidingWindowAttentionMask)
-        .apply(lambda m: ApplySegmentCausalMask(m.masked_out_value, getattr(m, "sliding_window_size", None)))
-    )
-
-
 def _side_inputs(tokens, packing) -> dict:
     """penzai side inputs: positions 0.. for a plain batch; a packed batch's (positions, segments, segment ends)."""
     if packing is None:
@@ -128,12 +111,19 @@ def _side_inputs(tokens, packing) -> dict:
             for name, a in zip(("token_positions", SEGMENTS, SEGMENT_ENDS), packing)}
 
 
-def _residual(model, tokens, n_blocks: int, side: dict):
+def _reading(model, tokens, layer: int, where: Where, side: dict):
+    """(the activation at `where` of block `layer`, the residual to continue from, the block it continues at)."""
     prefix, blocks, _ = _parts(model)
     x = _named_tokens(tokens)
-    for layer in [*prefix, *_block_range(blocks, 0, n_blocks)]:
-        x = layer(x, **side)
-    return x
+    n_blocks = layer + 1 if where == "post" else layer
+    for step in [*prefix, *_block_range(blocks, 0, n_blocks)]:
+        x = step(x, **side)
+    if where in ("pre", "post"):
+        return x, x, n_blocks
+    attention, mlp = _block(model, layer).sublayers
+    mid = attention(x, **side)
+    post = mlp(mid, **side)
+    return (mid - x if where == "attn_out" else post - mid), post, layer + 1
 
 
 def _logits_from(model, resid, start_block: int, side: dict, at=None):
@@ -150,7 +140,7 @@ def _logits_from(model, resid, start_block: int, side: dict, at=None):
 
 
 def _prepared(model, tokens, packing):
-    return (model if packing is None else _segment_masked(model)), _side_inputs(tokens, packing)
+    return model, _side_inputs(tokens, packing)  # blocks.CausalMask reads a packed batch's segments itself
 
 
 # XLA:CPU converts bf16 stacked weights to float32 around the scan's per-layer slice and then hoists that convert out of
@@ -162,27 +152,27 @@ JIT_OPTIONS = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
 
 @functools.partial(jax.jit, compiler_options=JIT_OPTIONS)
 def _logits(model, tokens, packing=None):
-    return _residual_and_logits(model, tokens, 0, packing)[1].unwrap(BATCH, SEQ, VOCAB)
+    return _residual_and_logits(model, tokens, 0, "pre", packing)[1].unwrap(BATCH, SEQ, VOCAB)
 
 
-@functools.partial(jax.jit, static_argnames="n_blocks", compiler_options=JIT_OPTIONS)
-def _resid_only(model, tokens, n_blocks, packing=None):
+@functools.partial(jax.jit, static_argnames=("layer", "where"), compiler_options=JIT_OPTIONS)
+def _resid_only(model, tokens, layer, where, packing=None):
     model, side = _prepared(model, tokens, packing)
-    return _residual(model, tokens, n_blocks, side).unwrap(BATCH, SEQ, EMBEDDING)
+    return _reading(model, tokens, layer, where, side)[0].unwrap(BATCH, SEQ, EMBEDDING)
 
 
-@functools.partial(jax.jit, static_argnames="n_blocks", compiler_options=JIT_OPTIONS)
-def _resid_and_logits_jit(model, tokens, n_blocks, packing=None, at=None):
-    resid, logits = _residual_and_logits(model, tokens, n_blocks, packing, at)
+@functools.partial(jax.jit, static_argnames=("layer", "where"), compiler_options=JIT_OPTIONS)
+def _resid_and_logits_jit(model, tokens, layer, where, packing=None, at=None):
+    resid, logits = _residual_and_logits(model, tokens, layer, where, packing, at)
     return resid.unwrap(BATCH, SEQ, EMBEDDING), logits.unwrap(BATCH, SEQ, VOCAB)
 
 
-def _residual_and_logits(model, tokens, n_blocks, packing, at=None):
+def _residual_and_logits(model, tokens, layer, where, packing, at=None):
     model, side = _prepared(model, tokens, packing)
-    resid = _residual(model, tokens, n_blocks, side)
+    reading, resid, start = _reading(model, tokens, layer, where, side)
     if at is not None:
         at = pz.nx.wrap(jnp.asarray(at, jnp.int32)).tag(BATCH, SEQ)
-    return resid, _logits_from(model, resid, n_blocks, side, at)
+    return reading, _logits_from(model, resid, start, side, at)
 
 
 def _packing(tokens, packing):
@@ -209,7 +199,7 @@ def _shard(model, tokens, packing, *more):
 def logits(model, tokens: np.ndarray, *, max_context: int, packing=None) -> jax.Array:
     """Logits [batch, seq, vocabulary] of a full forward (jit-compiled, params frozen).
 
-    `packing` = (positions, segments, segment_ends), [batch, seq] ints each, runs a packed batch (ApplySegmentCausalMask).
+    `packing` = (positions, segments, segment_ends), [batch, seq] ints each, runs a packed batch (blocks.CausalMask).
     """
     tokens = np.asarray(tokens)
     check_tokens(tokens, max_context)
@@ -225,10 +215,10 @@ def residual(
     tokens = np.asarray(tokens)
     check_tokens(tokens, max_context)
     packing = _packing(tokens, packing)
-    n_blocks = check_layer(model, layer, where)
+    check_layer(model, layer, where)
     model = pz.freeze_params(model)
     tokens, packing = _shard(model, tokens, packing)
-    return _resid_only(model, tokens, n_blocks, packing)
+    return _resid_only(model, tokens, layer, where, packing)
 
 
 def residual_and_logits(
@@ -255,10 +245,10 @@ def residual_and_logits(
             raise InputError(f"logit_positions: expected [batch={tokens.shape[0]}, k] indices, got {logit_positions.shape}")
         if logit_positions.size and not 0 <= logit_positions.min() <= logit_positions.max() < tokens.shape[1]:
             raise InputError(f"logit_positions: indices must lie in 0..{tokens.shape[1] - 1}")
-    n_blocks = check_layer(model, layer, where)
+    check_layer(model, layer, where)
     model = pz.freeze_params(model)
     tokens, packing, logit_positions = _shard(model, tokens, packing, logit_positions)
-    return _resid_and_logits_jit(model, tokens, n_blocks, packing, logit_positions)
+    return _resid_and_logits_jit(model, tokens, layer, where, packing, logit_positions)
 
 
 @functools.partial(jax.jit, static_argnames="start_block", compiler_options=JIT_OPTIONS)
@@ -270,8 +260,11 @@ def _logits_from_jit(model, resid, start_block):
 def logits_from_residual(model, resid, *, layer: int, where: Where = "pre") -> jax.Array:
     """Logits [batch, seq, vocabulary] continuing the forward from a residual at `layer`.
 
-    Splicing a modified residual (an SAE reconstruction, an ablation) back into the model.
+    Splicing a modified residual (an SAE reconstruction, an ablation) back into the model; at "pre" or "post" only
+    (a sub-block's output is not a residual the forward can continue from).
     """
+    if where not in ("pre", "post"):
+        raise InputError(f"where={where!r}: a residual is spliced back at 'pre' or 'post' only")
     start = check_layer(model, layer, where)
     model = pz.freeze_params(model)
     mesh = mesh_of(model)

@@ -20,7 +20,11 @@ the Q/K rows:
     model.layers.{i}.mlp.up_proj.weight           [d_ffn, d_model]
     model.layers.{i}.mlp.down_proj.weight         [d_model, d_ffn]
 
-Phi-3's fused tensors (qkv_proj, gate_up_proj) are split by the readers into these names.
+Roles Llama lacks get names in the same style (each family module in harness.model.families maps its own names onto
+these): ``*.bias`` beside a weight (LayerNorm shifts, attention and MLP biases), ``self_attn.{q,k}_norm.weight``
+[head_dim] (Gemma-3), ``attn_out_norm`` / ``mlp_out_norm`` (Gemma-2/3's norms on each sub-block's output; their
+``pre_feedforward_layernorm`` is the canonical ``post_attention_layernorm``, the norm before the MLP), and
+``model.embed_positions.weight`` [max_context, d_model] (GPT-2's learned positions). A plain MLP has no gate_proj.
 
 The weights are a `Weights` mapping read on demand from the memory-mapped files: a session holds the model's device
 arrays and nothing else, and the builder converts layer by layer (peak memory ≈ the weights once).
@@ -31,24 +35,48 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Iterator, Mapping
-from typing import Literal
-
 import numpy as np
 
 from harness.errors import InputError
 
 # The parameters' dtypes a model can be built in (float32: exact against transformers; bfloat16: half the memory).
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
-Architecture = Literal["llama", "phi3"]
-SUPPORTED_ARCHITECTURES: tuple[str, ...] = ("llama", "phi3")
+NORMS = ("rms", "layer")  # RMSNorm (llama-likes) or LayerNorm with a bias (GPT-2, GPT-NeoX)
+# swiglu / geglu_tanh: gated MLPs (silu / tanh-approximated GELU on the gate); gelu_tanh / gelu: plain two-layer MLPs.
+MLPS = ("swiglu", "geglu_tanh", "gelu_tanh", "gelu")
+ROPE_KINDS = ("default", "linear", "llama3", "longrope")
+LAYER_TYPES = ("full_attention", "sliding_attention")
+POSITIONS = ("rope", "learned")
 _LAYER_PREFIX = re.compile(r"^model\.layers\.(\d+)\.")
+_NO_WINDOW = np.iinfo(np.int32).max  # a full-attention layer's window in the per-layer window constant
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RopeScaling:
+    """How a family stretches RoPE beyond its training context (Hugging Face's rope_type and its parameters)."""
+
+    kind: str
+    factor: float = 1.0
+    low_freq_factor: float = 1.0  # llama3
+    high_freq_factor: float = 4.0  # llama3
+    original_max: int | None = None  # llama3, longrope: the pre-training context
+    short_factor: tuple[float, ...] | None = None  # longrope: per-frequency divisors used up to original_max
+    attention_factor: float = 1.0  # longrope: scales cos and sin
+
+    def __post_init__(self):
+        if self.kind not in ROPE_KINDS:
+            raise InputError(f"rope scaling: expected one of {ROPE_KINDS}, got {self.kind!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """Shape and numerics of a llama-like decoder; enough to build it and check weights against it."""
+    """Shape and numerics of a decoder-only transformer; enough to build it and check weights against it.
 
-    architecture: Architecture
+    The switches below (norm, MLP, biases, q/k norms, post-norms, soft caps, positions, per-layer attention) cover the
+    families of harness.model.families; their defaults are Llama's.
+    """
+
+    architecture: str  # the family's name (harness.model.families)
     d_model: int
     n_layers: int
     n_heads: int
@@ -57,43 +85,108 @@ class ModelConfig:
     d_ffn: int
     vocab_size: int
     rope_base: float
-    rms_norm_eps: float
+    norm_eps: float
     tie_embeddings: bool
     max_context: int
     sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None  # per layer (LAYER_TYPES); None: every layer sliding iff sliding_window
+    norm: str = "rms"
+    norm_offset: float = 0.0  # Gemma's RMSNorm scales by (offset + weight); the builder adds it to the stored weight
+    mlp: str = "swiglu"
+    attention_bias: bool = False  # q/k/v biases
+    output_bias: bool = False  # attention output projection bias
+    mlp_bias: bool = False
+    qk_norm: bool = False  # RMSNorm of each query and key head before RoPE (Gemma-3)
+    post_norms: bool = False  # a norm on the attention and MLP outputs before they join the residual (Gemma-2/3)
+    parallel_residual: bool = False  # x + attn(norm1 x) + mlp(norm2 x) (GPT-NeoX)
+    positions: str = "rope"
+    rotary_dim: int | None = None  # RoPE on the first rotary_dim dims of each head (GPT-NeoX); None: all of them
+    rope_scaling: RopeScaling | None = None
+    local_rope_base: float | None = None  # sliding layers' RoPE base (Gemma-3), unscaled; None: rope_base
+    query_scale: float | None = None  # None: head_dim ** -0.5
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    embed_scale: float | None = None  # embeddings multiplied by it (Gemma: sqrt(d_model))
 
     def __post_init__(self):
-        if self.architecture not in SUPPORTED_ARCHITECTURES:
-            raise InputError(
-                f"architecture: expected one of {SUPPORTED_ARCHITECTURES}, got {self.architecture!r}"
-            )
+        for field, allowed in (("norm", NORMS), ("mlp", MLPS), ("positions", POSITIONS)):
+            if getattr(self, field) not in allowed:
+                raise InputError(f"{field}: expected one of {allowed}, got {getattr(self, field)!r}")
         if self.n_heads % self.n_kv_heads:
             raise InputError(
                 f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
             )
+        if self.layer_types is not None:
+            bad = next((t for t in self.layer_types if t not in LAYER_TYPES), None)
+            if bad is not None or len(self.layer_types) != self.n_layers:
+                raise InputError(f"layer_types: expected {self.n_layers} entries of {LAYER_TYPES}, got "
+                                 f"{len(self.layer_types)}" + (f" including {bad!r}" if bad is not None else ""))
+            if "sliding_attention" in self.layer_types and self.sliding_window is None:
+                raise InputError("layer_types has sliding_attention layers but sliding_window is not set")
+        rotary = self.head_dim if self.rotary_dim is None else self.rotary_dim
+        if self.positions == "rope" and not (0 < rotary <= self.head_dim and rotary % 2 == 0):
+            raise InputError(f"rotary_dim={self.rotary_dim}: expected an even number in 2..head_dim={self.head_dim}")
+
+    @property
+    def gated_mlp(self) -> bool:
+        return self.mlp in ("swiglu", "geglu_tanh")
+
+    def window(self, layer: int) -> int | None:
+        """Layer `layer`'s attention window (a query sees keys fewer than this many positions back), None if full."""
+        if self.layer_types is not None:
+            return self.sliding_window if self.layer_types[layer] == "sliding_attention" else None
+        if self.sliding_window is not None and self.sliding_window < self.max_context:
+            return self.sliding_window
+        return None
+
+    def rope(self, layer: int) -> tuple[float, RopeScaling | None]:
+        """Layer `layer`'s RoPE (base, scaling): Gemma-3's sliding layers use their own base, unscaled."""
+        if self.local_rope_base is not None and self.window(layer) is not None:
+            return self.local_rope_base, None
+        return self.rope_base, self.rope_scaling
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """Canonical weight name → shape, for checking a reader's output against the config."""
-        d, q, kv, f = self.d_model, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.d_ffn
+        d, q, kv, f, h = self.d_model, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.d_ffn, self.head_dim
+        biased = self.norm == "layer"
         shapes: dict[str, tuple[int, ...]] = {
             "model.embed_tokens.weight": (self.vocab_size, d),
             "model.norm.weight": (d,),
         }
+        if biased:
+            shapes["model.norm.bias"] = (d,)
+        if self.positions == "learned":
+            shapes["model.embed_positions.weight"] = (self.max_context, d)
         if not self.tie_embeddings:
             shapes["lm_head.weight"] = (self.vocab_size, d)
         for i in range(self.n_layers):
             p = f"model.layers.{i}."
+            norms = ["input_layernorm", "post_attention_layernorm"] + (
+                ["attn_out_norm", "mlp_out_norm"] if self.post_norms else [])
+            for norm in norms:
+                shapes[p + norm + ".weight"] = (d,)
+                if biased:
+                    shapes[p + norm + ".bias"] = (d,)
             shapes |= {
-                p + "input_layernorm.weight": (d,),
-                p + "post_attention_layernorm.weight": (d,),
                 p + "self_attn.q_proj.weight": (q, d),
                 p + "self_attn.k_proj.weight": (kv, d),
                 p + "self_attn.v_proj.weight": (kv, d),
                 p + "self_attn.o_proj.weight": (d, q),
-                p + "mlp.gate_proj.weight": (f, d),
-                p + "mlp.up_proj.weight": (f, d),
-                p + "mlp.down_proj.weight": (d, f),
             }
+            if self.gated_mlp:
+                shapes[p + "mlp.gate_proj.weight"] = (f, d)
+            shapes |= {p + "mlp.up_proj.weight": (f, d), p + "mlp.down_proj.weight": (d, f)}
+            if self.attention_bias:
+                shapes |= {p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
+                           p + "self_attn.v_proj.bias": (kv,)}
+            if self.output_bias:
+                shapes[p + "self_attn.o_proj.bias"] = (d,)
+            if self.mlp_bias:
+                shapes |= {p + "mlp.up_proj.bias": (f,), p + "mlp.down_proj.bias": (d,)}
+                if self.gated_mlp:
+                    shapes[p + "mlp.gate_proj.bias"] = (f,)
+            if self.qk_norm:
+                shapes |= {p + "self_attn.q_norm.weight": (h,), p + "self_attn.k_norm.weight": (h,)}
         return shapes
 
 
@@ -104,6 +197,7 @@ class StoredTensor:
     shape: tuple[int, ...]
     file: str
     read: Callable[[], np.ndarray]
+    name: str = ""  # its name in the file, where that differs from the canonical one (for messages)
 
 
 class Weights(Mapping[str, np.ndarray]):
@@ -186,10 +280,9 @@ class Checkpoint:
         check_weights(self.config, self.weights)
 
     def unembedding(self) -> tuple[np.ndarray, np.ndarray]:
-        """(final RMSNorm scale [embedding], unembedding W_U [vocabulary, embedding]: lm_head or the tied embedding).
-
-        Read from the files on demand (float32), not kept.
-        """
+        """(final norm scale [embedding] as the model applies it (Gemma's offset added), unembedding W_U [vocabulary,
+        embedding]: lm_head or the tied embedding). Read from the files on demand (float32), not kept."""
         w = self.weights
         W_U = w["model.embed_tokens.weight"] if self.config.tie_embeddings else w["lm_head.weight"]
-        return np.asarray(w["model.norm.weight"], np.float32), np.asarray(W_U, np.float32)
+        scale = np.asarray(w["model.norm.weight"], np.float32) + np.float32(self.config.norm_offset)
+        return scale, np.asarray(W_U, np.float32)

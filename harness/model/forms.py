@@ -1,4 +1,4 @@
-"""Build penzai's llamalike transformer from canonical weights, in three execution forms.
+"""Build the penzai decoder (harness.model.blocks) from canonical weights, in three execution forms.
 
 The same weights run as (a) an unrolled `Sequential` of blocks, (b) penzai's `pz.nn.LayerStack`
 (which, in penzai 0.2.5, scans with ``unroll=True`` and so lowers to straight-line code), or
@@ -18,15 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 from penzai import pz
 from penzai.models.transformer import model_parts
-from penzai.models.transformer.variants import llamalike_common as llamalike
 
 from harness.errors import InputError
-from harness.model import rewrites
+from harness.model import blocks, rewrites
+from harness.model.blocks import head_axes
 from harness.model.config import DTYPES, Checkpoint, ModelConfig, Weights
 
 # The named axis that stacks the decoder blocks (penzai's own name for it).
 LAYER_AXIS = "blocks"
-_PREFIX = "transformer"
 
 
 class Form(str, enum.Enum):
@@ -83,73 +82,55 @@ def param_dtype_of(dtype) -> jnp.dtype:
     return jnp.dtype(name)
 
 
-def penzai_config(config: ModelConfig, *, form: Form, param_dtype=jnp.float32) -> llamalike.LlamalikeTransformerConfig:
-    """Our config in penzai's terms; embeddings are never tied here (penzai's tie also rescales).
-
-    Activations (the residual stream, norms, softmax) are float32 whatever the parameters' dtype; contractions run in
-    the parameters' dtype with float32 accumulation (harness.model.rewrites).
-    """
-    if config.sliding_window is not None and config.sliding_window < config.max_context:
-        attention_type = llamalike.AttentionTypeSlidingWindowCausal(config.sliding_window)
-    else:
-        attention_type = llamalike.AttentionTypeGlobalCausal()
-    return llamalike.LlamalikeTransformerConfig(
-        num_kv_heads=config.n_kv_heads,
-        query_head_multiplier=config.n_heads // config.n_kv_heads,
-        embedding_dim=config.d_model,
-        projection_dim=config.head_dim,
-        mlp_hidden_dim=config.d_ffn,
-        num_decoder_blocks=config.n_layers,
-        vocab_size=config.vocab_size,
-        mlp_variant="swiglu",
-        tie_embedder_and_logits=False,
-        rope_wavelength=config.rope_base,
-        rms_norm_eps=config.rms_norm_eps,
-        attention_type=attention_type,
-        parameter_dtype=param_dtype,
-        activation_dtype=jnp.float32,
-        use_layer_stack=form is not Form.UNROLLED,
-    )
-
-
-def _head_axes(which: str, c: ModelConfig) -> dict[str, int]:
-    """penzai's named head axes of the q/k/v/o projection (llamalike: heads, query_heads or head_groups x query_heads)."""
-    g, m = c.n_kv_heads, c.n_heads // c.n_kv_heads
-    if m == 1:
-        heads, kv_heads = {"heads": g}, {"heads": g}
-    elif g == 1:
-        heads, kv_heads = {"query_heads": m}, {}
-    else:
-        heads, kv_heads = {"head_groups": g, "query_heads": m}, {"head_groups": g}
-    return kv_heads if which in ("k", "v") else heads
+def block_param_table(c: ModelConfig) -> dict[str, tuple[str, dict[str, int]]]:
+    """penzai label suffix of each per-block parameter -> (the canonical weight it is read from, its named axes in the
+    canonical [out, in] data order, so no transpose is ever needed). Exactly the canonical names the config expects."""
+    d, p, f = {"embedding": c.d_model}, {"projection": c.head_dim}, {"neurons": c.d_ffn}
+    q, kv = {**head_axes(c, "q"), **p}, {**head_axes(c, "k"), **p}
+    norms = {"pre_attention_norm": "input_layernorm", "pre_ffw_norm": "post_attention_layernorm"}
+    if c.post_norms:
+        norms |= {"post_attention_norm": "attn_out_norm", "post_ffw_norm": "mlp_out_norm"}
+    table = {}
+    for label, name in norms.items():
+        table[f"{label}/scale.weights"] = (f"{name}.weight", d)
+        if c.norm == "layer":
+            table[f"{label}/shift.bias"] = (f"{name}.bias", d)
+    linears = {
+        "attention/query": ("self_attn.q_proj", q, d, c.attention_bias),
+        "attention/key": ("self_attn.k_proj", kv, d, c.attention_bias),
+        "attention/value": ("self_attn.v_proj", kv, d, c.attention_bias),
+        "attention/output": ("self_attn.o_proj", d, q, c.output_bias),
+        "mlp/value_linear": ("mlp.up_proj", f, d, c.mlp_bias),
+        "mlp/out_linear": ("mlp.down_proj", d, f, c.mlp_bias),
+    }
+    if c.gated_mlp:
+        linears["mlp/gating_linear"] = ("mlp.gate_proj", f, d, c.mlp_bias)
+    for label, (name, out, inp, bias) in linears.items():
+        table[f"{label}.weights"] = (f"{name}.weight", {**out, **inp})
+        if bias:
+            table[f"{label}.bias"] = (f"{name}.bias", out)
+    if c.qk_norm:
+        table |= {"attention/query_norm/scale.weights": ("self_attn.q_norm.weight", p),
+                  "attention/key_norm/scale.weights": ("self_attn.k_norm.weight", p)}
+    return table
 
 
-# penzai label suffix of each per-block parameter -> the canonical weight it is read from (shaped by _block_axes).
-_BLOCK_PARAMS = {
-    "pre_attention_norm/scale.weights": "input_layernorm.weight",
-    "pre_ffw_norm/scale.weights": "post_attention_layernorm.weight",
-    "mlp/gating_linear.weights": "mlp.gate_proj.weight",
-    "mlp/value_linear.weights": "mlp.up_proj.weight",
-    "mlp/out_linear.weights": "mlp.down_proj.weight",
-    "attention/query.weights": "self_attn.q_proj.weight",
-    "attention/key.weights": "self_attn.k_proj.weight",
-    "attention/value.weights": "self_attn.v_proj.weight",
-    "attention/output.weights": "self_attn.o_proj.weight",
-}
+def global_param_axes(c: ModelConfig) -> dict[str, dict[str, int]]:
+    """penzai label of each global parameter -> its named axes (as `_global_params` reads them)."""
+    d, vocab = {"embedding": c.d_model}, {"vocabulary": c.vocab_size}
+    axes = {"embedder.embeddings": {**vocab, **d}, "final_norm/scale.weights": d, "lm_head.weights": {**vocab, **d}}
+    if c.norm == "layer":
+        axes["final_norm/shift.bias"] = d
+    if c.positions == "learned":
+        axes["embed_positions.table"] = {"positions": c.max_context, **d}
+    return axes
 
 
-def _block_axes(label: str, c: ModelConfig) -> dict[str, int]:
-    """Named axes of one block's parameter, in the canonical [out, in] data order (so no transpose is ever needed)."""
-    d, p = c.d_model, c.head_dim
-    if label.endswith("norm/scale.weights"):
-        return {"embedding": d}
-    if label.startswith("mlp/"):
-        return {"embedding": d, "neurons": c.d_ffn} if label.startswith("mlp/out") else {"neurons": c.d_ffn, "embedding": d}
-    which = label.removeprefix("attention/")[0]  # q, k, v, o
-    heads = _head_axes(which, c)
-    if which == "o":
-        return {"embedding": d, **heads, "projection": p}
-    return {**heads, "projection": p, "embedding": d}
+def _offset(config: ModelConfig, label: str, array: np.ndarray) -> np.ndarray:
+    """A Gemma RMSNorm scale (offset + weight, computed in float32 as transformers does); other weights as stored."""
+    if config.norm_offset and label.endswith("norm/scale.weights"):
+        return np.asarray(array, np.float32) + np.float32(config.norm_offset)
+    return array
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -165,11 +146,10 @@ def stacked_block_params(config: ModelConfig, weights: Weights, dtype) -> dict[s
     on the device), so the host holds one layer at a time and the stacks are the only full copy.
     """
     out = {}
-    for label, suffix in _BLOCK_PARAMS.items():
-        axes = _block_axes(label, config)
+    for label, (suffix, axes) in block_param_table(config).items():
         stacked = jnp.zeros((config.n_layers, *axes.values()), dtype)
         for i in range(config.n_layers):
-            layer = weights.stored(f"model.layers.{i}.{suffix}").reshape(tuple(axes.values()))
+            layer = _offset(config, label, weights.stored(f"model.layers.{i}.{suffix}")).reshape(tuple(axes.values()))
             stacked = _put_layer(stacked, layer, np.int32(i)).block_until_ready()  # else queued layers pile up on the host
         out[label] = pz.nx.wrap(stacked).tag(LAYER_AXIS, *axes)
     return out
@@ -177,36 +157,48 @@ def stacked_block_params(config: ModelConfig, weights: Weights, dtype) -> dict[s
 
 def _global_params(config: ModelConfig, weights: Weights, dtype) -> dict[str, pz.nx.NamedArray]:
     """Embedding, final norm and unembedding in `dtype`; a tied unembedding is the embedding's own array (held once)."""
-    embed = jnp.asarray(weights.stored("model.embed_tokens.weight")).astype(dtype)
-    head = embed if config.tie_embeddings else jnp.asarray(weights.stored("lm_head.weight")).astype(dtype)
-    return {
-        "embedder.embeddings": pz.nx.wrap(embed).tag("vocabulary", "embedding"),
-        "final_norm/scale.weights": pz.nx.wrap(jnp.asarray(weights.stored("model.norm.weight")).astype(dtype)).tag("embedding"),
-        "lm_head.weights": pz.nx.wrap(head).tag("vocabulary", "embedding"),
+    def read(name, *axes, label=""):
+        return pz.nx.wrap(jnp.asarray(_offset(config, label, weights.stored(name))).astype(dtype)).tag(*axes)
+
+    embed = read("model.embed_tokens.weight", "vocabulary", "embedding")
+    out = {
+        "embedder.embeddings": embed,
+        "final_norm/scale.weights": read("model.norm.weight", "embedding", label="final_norm/scale.weights"),
+        "lm_head.weights": embed if config.tie_embeddings else read("lm_head.weight", "vocabulary", "embedding"),
     }
+    if config.norm == "layer":
+        out["final_norm/shift.bias"] = read("model.norm.bias", "embedding")
+    if config.positions == "learned":
+        out["embed_positions.table"] = read("model.embed_positions.weight", "positions", "embedding")
+    return out
+
+
+def is_constant(label: str) -> bool:
+    """Whether a parameter label is a per-layer constant (RoPE frequencies, window): computed from the config, not read."""
+    return label.endswith((blocks.ROPE_LABEL, blocks.WINDOW_LABEL))
 
 
 def assemble(
     config: ModelConfig,
     global_params: dict[str, pz.nx.NamedArray],
-    blocks: dict[str, pz.nx.NamedArray],
+    block_params: dict[str, pz.nx.NamedArray],
     form: Form,
 ) -> model_parts.TransformerLM:
-    """Bind global and stacked block params into the penzai skeleton of `form`, contracting in the params' dtype."""
+    """Bind global and stacked block params (and the config's per-layer constants) into the skeleton of `form`,
+    contracting in the params' dtype."""
     form = Form(form)
-    dtype = blocks["mlp/out_linear.weights"].dtype
-    skeleton = llamalike.build_llamalike_transformer(
-        penzai_config(config, form=form, param_dtype=dtype), init_base_rng=None, name=_PREFIX
-    )
+    dtype = block_params["mlp/out_linear.weights"].dtype
+    skeleton = blocks.build_skeleton(config, stacked=form is not Form.UNROLLED, dtype=dtype)
+    constants = {label: pz.nx.wrap(jnp.asarray(value)).tag(LAYER_AXIS, *blocks.constant_axes(label))
+                 for label, value in blocks.block_constants(config).items()}
     params = dict(global_params)
-    if form is Form.UNROLLED:
-        for label, stacked in blocks.items():
-            for i in range(config.n_layers):
-                params[f"block_{i}/{label}"] = stacked[{LAYER_AXIS: i}]
-    else:
-        params |= {f"blocks/{label}": v for label, v in blocks.items()}
+    for label, stacked in (block_params | constants).items():
+        if form is Form.UNROLLED:
+            params |= {f"block_{i}/{label}": stacked[{LAYER_AXIS: i}] for i in range(config.n_layers)}
+        else:
+            params[f"blocks/{label}"] = stacked
     model = pz.bind_variables(
-        skeleton, [pz.Parameter(value=v, label=f"{_PREFIX}/{k}") for k, v in params.items()]
+        skeleton, [pz.Parameter(value=v, label=f"{blocks.PREFIX}/{k}") for k, v in params.items()]
     )
     pz.nn.assert_no_parameter_slots(model)
     model = rewrites.rewrite_layers(model, dtype)
@@ -240,12 +232,14 @@ def form_of(model: model_parts.TransformerLM) -> Form:
 
 
 def split_params(model: model_parts.TransformerLM) -> tuple[dict, dict]:
-    """(global params, block params stacked along LAYER_AXIS) of a model in any form."""
+    """(global params, block params stacked along LAYER_AXIS) of a model in any form; per-layer constants left out."""
     _, params = pz.unbind_params(model, freeze=True)
     global_params, stacked, per_block = {}, {}, {}
     for p in params:
-        label = p.label.removeprefix(f"{_PREFIX}/")
+        label = p.label.removeprefix(f"{blocks.PREFIX}/")
         head, _, rest = label.partition("/")
+        if is_constant(label):
+            continue  # recomputed from the config by assemble
         if head == "blocks":
             stacked[rest] = p.value
         elif head.startswith("block_"):
@@ -261,5 +255,5 @@ def split_params(model: model_parts.TransformerLM) -> tuple[dict, dict]:
 
 def convert(model: model_parts.TransformerLM, config: ModelConfig, form: Form | str):
     """The same weights in another execution form."""
-    global_params, blocks = split_params(model)
-    return assemble(config, global_params, blocks, Form(form))
+    global_params, block_params = split_params(model)
+    return assemble(config, global_params, block_params, Form(form))

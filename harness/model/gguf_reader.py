@@ -7,7 +7,6 @@ tensor names onto `ModelConfig` and the canonical layout, undoing llama.cpp's Q/
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 import re
@@ -20,38 +19,28 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers
 from pydantic import Field
 
 from harness.errors import InputError
+from harness.model import families
 from harness.model.config import Checkpoint, ModelConfig, StoredTensor, Weights, check_values, check_weights
+from harness.model.families.common import unpermute_rope_rows  # noqa: F401 — tests import it from here
 from harness.model.tokenizer import ChatTokenizer
 from harness.validation import MappedTensor, FiniteFloat, NonNegativeInt, PositiveFloat, PositiveInt, Schema, StrictBool, StrictStr, validate
 
 Q = gguf.GGMLQuantizationType
 
-# Tensor types whose dequantization the tests check against gguf.quants.quantize round trips.
+# Tensor types dequantized by gguf.quants. The tests check the 32-wide ones against gguf.quants.quantize round trips
+# and the 256-wide K-quants (Q4_K_M files mix Q4_K, Q6_K, Q5_0 and Q8_0), which gguf cannot quantize, against
+# ggml's dequantize_row_q*_K written out element by element.
 SUPPORTED_TENSOR_TYPES: frozenset[Q] = frozenset(
-    {Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1}
+    {Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K}
 )
 
 # llama.cpp token types (gguf.TokenType): 3 CONTROL and 4 USER_DEFINED are matched whole in text.
 _CONTROL, _USER_DEFINED = int(gguf.TokenType.CONTROL), int(gguf.TokenType.USER_DEFINED)
 PHI3_KEEP_WHITESPACE = ("<unk>", "<s>", "<|endoftext|>")  # phi3 special tokens without llama.cpp's RSTRIP
+# Gemma's SentencePiece vocabularies, read as transformers' GGUF loader reads them (gguf_tokenizer_mapping.py,
+# gemma_tokenizer): space-run tokens respelled "▁▁..", merges ranked by vocabulary position (see read_tokenizer).
+GEMMA_ARCHITECTURES = ("gemma", "gemma2", "gemma3")
 
-# GGUF tensor suffix → canonical suffix, per layer; phi3's fused tensors are handled apart.
-_LAYER_TENSORS = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
-_GLOBAL_TENSORS = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
 _LAYER_NAME = re.compile(r"^blk\.(\d+)\.(.+)$")
 
 # `tokenizer.ggml.pre` → how a byte-level vocabulary splits text before BPE (llama.cpp llama-vocab.cpp).
@@ -59,6 +48,15 @@ _LAYER_NAME = re.compile(r"^blk\.(\d+)\.(.+)$")
 _BYTE_LEVEL_PRE = {
     "default": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
     "gpt2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    "gpt-2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),  # convert_hf_to_gguf's name
+    # Qwen2's split (its tokenizer.json, llama.cpp's LLAMA_VOCAB_PRE_TYPE_QWEN2, transformers' GGUF loader), then bytes.
+    # No NFC normaliser: llama.cpp and transformers' GGUF loader have none (Qwen2's own tokenizer.json does).
+    "qwen2": lambda: pre_tokenizers.Sequence([
+        pre_tokenizers.Split(tokenizers.Regex(
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"),
+            behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ]),
     "smollm": lambda: pre_tokenizers.Sequence(
         [
             pre_tokenizers.Digits(individual_digits=True),
@@ -79,7 +77,11 @@ class ArchKeys(Schema):
     feed_forward_length: PositiveInt
     head_count: PositiveInt = Field(alias="attention.head_count")
     head_count_kv: PositiveInt | None = Field(None, alias="attention.head_count_kv")
-    rms_norm_eps: PositiveFloat = Field(alias="attention.layer_norm_rms_epsilon")
+    # RMSNorm architectures give layer_norm_rms_epsilon, LayerNorm ones (gpt2, gptneox) layer_norm_epsilon: each
+    # family requires its own (families.common.gguf_llama_fields, families.gpt2.gguf_layer_norm_fields)
+    rms_norm_eps: PositiveFloat | None = Field(None, alias="attention.layer_norm_rms_epsilon")
+    layer_norm_eps: PositiveFloat | None = Field(None, alias="attention.layer_norm_epsilon")
+    parallel_residual: StrictBool | None = Field(None, alias="use_parallel_residual")  # gptneox reads it
     rope_base: PositiveFloat = Field(10000.0, alias="rope.freq_base")
     rope_dims: PositiveInt | None = Field(None, alias="rope.dimension_count")
     vocab_size: PositiveInt | None = None
@@ -91,10 +93,13 @@ class ArchKeys(Schema):
     rope_scaling_type: StrictStr | None = Field(None, alias="rope.scaling.type")
     rope_scaling_factor: FiniteFloat | None = Field(None, alias="rope.scaling.factor")
     rope_scaling_attn_factor: FiniteFloat | None = Field(None, alias="rope.scaling.attn_factor")
-    layer_norm_eps: FiniteFloat | None = Field(None, alias="attention.layer_norm_epsilon")
     logit_scale: FiniteFloat | None = None
     expert_count: NonNegativeInt | None = None
     clamp_kqv: FiniteFloat | None = Field(None, alias="attention.clamp_kqv")
+    # Read by the Gemma families only (refused below for the others): soft caps, the sliding layers' RoPE base.
+    attn_softcap: PositiveFloat | None = Field(None, alias="attn_logit_softcapping")
+    final_softcap: PositiveFloat | None = Field(None, alias="final_logit_softcapping")
+    rope_base_swa: PositiveFloat | None = Field(None, alias="rope.freq_base_swa")
 
 
 class TokenizerKeys(Schema):
@@ -143,11 +148,16 @@ def _section(values: dict, prefix: str) -> dict:
 def arch_keys(values: dict, path: pathlib.Path, arch: str) -> ArchKeys:
     """The validated `{arch}.*` keys; an unsupported variant (RoPE scaling, LayerNorm, experts, ...) is an InputError."""
     keys = validate(ArchKeys, _section(values, f"{arch}."), str(path), prefix=f"{arch}.")
+    gemma = arch in GEMMA_ARCHITECTURES  # families.gemma2 / gemma3 read soft caps, rope.freq_base_swa, linear scaling
+    linear = gemma and keys.rope_scaling_type == "linear"
     refused = {
-        "rope.scaling.type": keys.rope_scaling_type not in (None, "none"),
-        "rope.scaling.factor": keys.rope_scaling_factor not in (None, 1.0, 0.0),
+        "rope.scaling.type": keys.rope_scaling_type not in (None, "none") and not linear,
+        "rope.scaling.factor": keys.rope_scaling_factor not in (None, 1.0, 0.0) and not linear,
+        "attn_logit_softcapping": keys.attn_softcap is not None and not gemma,
+        "final_logit_softcapping": keys.final_softcap is not None and not gemma,
+        "rope.freq_base_swa": keys.rope_base_swa not in (None, keys.rope_base) and not gemma,
         "rope.scaling.attn_factor": keys.rope_scaling_attn_factor not in (None, 1.0),
-        "attention.layer_norm_epsilon": keys.layer_norm_eps is not None,
+        "attention.layer_norm_epsilon": keys.layer_norm_eps is not None and keys.rms_norm_eps is not None,
         "logit_scale": keys.logit_scale not in (None, 1.0),
         "expert_count": keys.expert_count not in (None, 0),
         "attention.clamp_kqv": keys.clamp_kqv is not None,
@@ -186,7 +196,7 @@ def read_gguf(path: str | os.PathLike, *, dtype=np.float32) -> Checkpoint:
             f"{path}: tokenizer.ggml.tokens has {tokenizer.vocab_size} tokens, "
             f"more than the {config.vocab_size} rows of token_embd.weight"
         )
-    ignored = ignored_keys(values, config.architecture)
+    ignored = ignored_keys(values, values["general.architecture"])  # the file's name: a family may differ (gptneox)
     return Checkpoint(config=config, weights=weights, tokenizer=tokenizer, source=str(path), ignored_fields=ignored)
 
 
@@ -202,91 +212,30 @@ def open_gguf(path: pathlib.Path) -> gguf.GGUFReader:
 
 
 def read_config(reader: gguf.GGUFReader, path: pathlib.Path, tensors: dict, *, values: dict | None = None) -> ModelConfig:
-    """ModelConfig from the `{arch}.*` metadata keys; vocab size from token_embd.weight's rows."""
+    """ModelConfig from the `{arch}.*` metadata keys, as the architecture's family reads them; vocab size from
+    token_embd.weight's rows."""
     values = metadata_values(reader, path) if values is None else values
     arch = metadata(reader, path, "general.architecture")
-    if arch not in ("llama", "phi3"):
-        raise InputError(f"{path}: general.architecture is {arch!r:.60}, expected 'llama' or 'phi3'")
-    keys = arch_keys(values, path, arch)
-    d_model, n_heads = keys.embedding_length, keys.head_count
-    # GGUF spec: head_count_kv absent means no grouped-query attention (as many KV heads as heads).
-    n_kv_heads = n_heads if keys.head_count_kv is None else keys.head_count_kv
-    if d_model % n_heads:
-        raise InputError(f"{path}: {arch}.embedding_length={d_model} is not a multiple of head_count={n_heads}")
-    head_dim = d_model // n_heads
-    rope_dims = head_dim if keys.rope_dims is None else keys.rope_dims
-    if rope_dims != head_dim:
-        raise InputError(
-            f"{path}: {arch}.rope.dimension_count={rope_dims} but head_dim={head_dim}; "
-            "partial rotary embeddings are not supported"
-        )
-    for name, length in (("key_length", keys.key_length), ("value_length", keys.value_length)):
-        if length is not None and length != head_dim:
-            raise InputError(f"{path}: {arch}.attention.{name}={length} but head_dim={head_dim}; expected equal")
-    if "token_embd.weight" not in tensors:
-        raise InputError(f"{path}: tensor token_embd.weight is missing")
-    vocab_size = int(tensors["token_embd.weight"].shape[-1])  # GGUF order: [d_model, vocab]
-    if keys.vocab_size is not None and keys.vocab_size != vocab_size:
-        raise InputError(f"{path}: {arch}.vocab_size={keys.vocab_size} but token_embd.weight has {vocab_size} rows")
-    if arch != "phi3" and keys.sliding_window is not None:
-        raise InputError(f"{path}: {arch}.attention.sliding_window={keys.sliding_window} is not supported for {arch}")
-    try:
-        return ModelConfig(
-            architecture=arch,
-            d_model=d_model,
-            n_layers=keys.block_count,
-            n_heads=n_heads,
-            n_kv_heads=n_kv_heads,
-            head_dim=head_dim,
-            d_ffn=keys.feed_forward_length,
-            vocab_size=vocab_size,
-            rope_base=keys.rope_base,
-            rms_norm_eps=keys.rms_norm_eps,
-            tie_embeddings="output.weight" not in tensors,
-            max_context=keys.context_length,
-            sliding_window=keys.sliding_window,
-        )
-    except InputError as error:
-        raise InputError(f"{path}: {error}") from None
+    family = families.for_gguf(arch, str(path))
+    return family.config_from_gguf(arch_keys(values, path, arch), values, tensors, path)
 
 
 def read_weights(config: ModelConfig, tensors: dict, path: pathlib.Path, *, dtype=np.float32) -> Weights:
-    """Every GGUF tensor renamed to the canonical layout, dequantized on each read (the file stays memory-mapped);
-    unknown tensors raise."""
-    weights: dict[str, StoredTensor] = {}
+    """Every GGUF tensor renamed to the canonical layout by its family, dequantized on each read (the file stays
+    memory-mapped); unknown tensors raise."""
+    stored: dict[str, StoredTensor] = {}
     for name, tensor in tensors.items():
         # mapped afresh at each read (tensor.data would keep the reader's map of the whole file for the session)
         mapped = MappedTensor(path=path, dtype=tensor.data.dtype, shape=tuple(tensor.data.shape),
                               offset=int(tensor.data_offset))
         gguf_shape = tuple(int(d) for d in tensor.shape)
-        whole = StoredTensor(shape=gguf_shape[::-1], file=str(path),
-                             read=lambda name=name, qtype=tensor.tensor_type, shape=gguf_shape, mapped=mapped:
-                             dequantized(name, qtype, shape, mapped.read(), path))
-        if name in _GLOBAL_TENSORS:
-            weights[_GLOBAL_TENSORS[name]] = whole
-            continue
         match = _LAYER_NAME.match(name)
-        if match is None or int(match[1]) >= config.n_layers:
+        if match is not None and int(match[1]) >= config.n_layers:
             raise InputError(f"{path}: tensor {name} is not part of a {config.n_layers}-layer {config.architecture} model")
-        prefix, suffix = f"model.layers.{match[1]}.", match[2]
-        if config.architecture == "phi3" and suffix in ("attn_qkv.weight", "ffn_up.weight"):
-            pieces = {prefix + k: v for k, v in split_phi3_fused(config, suffix, whole, path, name).items()}
-        elif suffix in _LAYER_TENSORS and not (config.architecture == "phi3" and suffix == "ffn_gate.weight"):
-            pieces = {prefix + _LAYER_TENSORS[suffix]: whole}
-        else:
-            raise InputError(f"{path}: tensor {name} is not part of a {config.architecture} model")
-        for key in pieces.keys() & weights.keys():
-            raise InputError(f"{path}: tensor {name} gives {key} a second time (fused and separate tensors both present?)")
-        weights |= pieces
-    if config.architecture == "llama":
-        present = sorted({int(m[1]) for m in (_LAYER_NAME.match(n) for n in tensors) if m})
-        for i in present:  # the layers the file holds (a corrupt block_count must not loop millions of times)
-            for proj, heads in (("q_proj", config.n_heads), ("k_proj", config.n_kv_heads)):
-                key = f"model.layers.{i}.self_attn.{proj}.weight"
-                if key in weights and weights[key].shape[0] == heads * config.head_dim:
-                    permuted = weights[key]
-                    weights[key] = dataclasses.replace(
-                        permuted, read=lambda permuted=permuted, heads=heads: unpermute_rope_rows(permuted.read(), heads))
+        stored[name] = StoredTensor(shape=gguf_shape[::-1], file=str(path),
+                                    read=lambda name=name, qtype=tensor.tensor_type, shape=gguf_shape, mapped=mapped:
+                                    dequantized(name, qtype, shape, mapped.read(), path))
+    weights = families.families()[config.architecture].weights_from_gguf(stored, config, path)
     return Weights(weights, dtype=dtype, source=str(path))
 
 
@@ -304,36 +253,14 @@ def dequantized(name: str, qtype: Q, shape: tuple[int, ...], data: np.ndarray, p
             f"{path}: tensor {name} ({qtype.name}, shape {shape}) "
             f"holds {data.nbytes} bytes, expected {expected_bytes} (truncated or corrupt file)"
         )
+    if shape and shape[0] % block_size:  # ggml quantizes each row on its own: a block never spans two rows
+        raise InputError(f"{path}: tensor {name} ({qtype.name}) has rows of {shape[0]}, not a multiple of its "
+                         f"{block_size}-wide blocks")
     try:
         array = gguf.quants.dequantize(np.asarray(data), qtype)
     except Exception as error:
         raise InputError(f"{path}: tensor {name} ({qtype.name}) failed to dequantize ({_one_line(error)})") from error
     return array.reshape(shape[::-1]).astype(np.float32, copy=False)
-
-
-def unpermute_rope_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
-    """Undo convert_hf_to_gguf's `LlamaModel.permute` (interleaved → HF rotate-half Q/K rows).
-
-    llama.cpp stores each head's rows as (pair, 2) interleaved; HF keeps (2, pair) halves.
-    """
-    rows = weight.shape[0]
-    return weight.reshape(n_heads, rows // n_heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
-
-
-def split_phi3_fused(config: ModelConfig, suffix: str, fused: StoredTensor, path: pathlib.Path, name: str) -> dict[str, StoredTensor]:
-    """Split phi3's fused attn_qkv ([q; k; v] rows) or ffn_up ([gate; up] rows) after checking its shape."""
-    d, q, kv, f = config.d_model, config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim, config.d_ffn
-    expected = (q + 2 * kv, d) if suffix == "attn_qkv.weight" else (2 * f, d)
-    if tuple(fused.shape) != expected:
-        raise InputError(f"{path}: tensor {name} has shape {tuple(fused.shape)}, config expects {expected}")
-
-    def rows(start: int, stop: int) -> StoredTensor:
-        return StoredTensor(shape=(stop - start, d), file=fused.file, read=lambda: fused.read()[start:stop])
-
-    if suffix == "attn_qkv.weight":
-        return {"self_attn.q_proj.weight": rows(0, q), "self_attn.k_proj.weight": rows(q, q + kv),
-                "self_attn.v_proj.weight": rows(q + kv, q + 2 * kv)}
-    return {"mlp.gate_proj.weight": rows(0, f), "mlp.up_proj.weight": rows(f, 2 * f)}
 
 
 def read_tokenizer(reader: gguf.GGUFReader, path: pathlib.Path, *, values: dict | None = None) -> ChatTokenizer:
@@ -350,11 +277,20 @@ def read_tokenizer(reader: gguf.GGUFReader, path: pathlib.Path, *, values: dict 
             raise InputError(f"{path}: tokenizer.ggml.{name}={token_id} is outside the {len(tokens)}-token vocabulary")
     if keys.add_eos_token:
         raise InputError(f"{path}: tokenizer.ggml.add_eos_token=True is not supported (only a leading BOS); expected false")
+    # Gemma files store the tokens for runs of 2-31 spaces with real spaces and mark them user-defined; transformers
+    # respells them "▁▁.." as ordinary vocabulary (so they come out of BPE, ranked by their low ids) instead of
+    # matching them whole in the text as llama.cpp does. Both agree on ordinary text; on runs longer than 31 spaces
+    # or text holding "▁" itself they can differ, and here transformers is followed.
+    gemma = kind == "llama" and values.get("general.architecture") in GEMMA_ARCHITECTURES
+    respelled: set[int] = set()
+    if gemma:
+        respelled = {i for i, t in enumerate(tokens) if " " in t and not t.strip()}
+        tokens = ["\u2581" * len(t) if i in respelled else t for i, t in enumerate(tokens)]
     if kind == "gpt2":
         tokenizer = byte_level_bpe(reader, path, tokens, keys)
         add_bos_default = False
     elif kind == "llama":
-        tokenizer = sentencepiece_bpe(reader, path, tokens, types, keys)
+        tokenizer = sentencepiece_bpe(reader, path, tokens, types, keys, merges_by_position=gemma)
         add_bos_default = True
     else:
         raise InputError(f"{path}: tokenizer.ggml.model is {kind!r:.60}, expected 'gpt2' or 'llama'")
@@ -368,7 +304,7 @@ def read_tokenizer(reader: gguf.GGUFReader, path: pathlib.Path, *, values: dict 
     tokenizer.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False, rstrip=rstrip(t))
                                   for t, k in zip(tokens, types) if k == _CONTROL])
     tokenizer.add_tokens([tokenizers.AddedToken(t, special=False, normalized=False, rstrip=rstrip(t))
-                          for t, k in zip(tokens, types) if k == _USER_DEFINED])
+                          for i, (t, k) in enumerate(zip(tokens, types)) if k == _USER_DEFINED and i not in respelled])
     if tokenizer.get_vocab_size(with_added_tokens=True) != len(tokens):
         raise InputError(
             f"{path}: tokenizer.ggml.tokens lists {len(tokens)} tokens but the built tokenizer has "
@@ -400,8 +336,9 @@ def byte_level_bpe(reader: gguf.GGUFReader, path: pathlib.Path, tokens: list[str
 
 
 def sentencepiece_bpe(reader: gguf.GGUFReader, path: pathlib.Path, tokens: list[str], types: list[int],
-                      keys: TokenizerKeys) -> tokenizers.Tokenizer:
-    """SentencePiece-style BPE with byte fallback; merges come from the file or from the token scores.
+                      keys: TokenizerKeys, *, merges_by_position: bool = False) -> tokenizers.Tokenizer:
+    """SentencePiece-style BPE with byte fallback; merges come from the file, else from the token scores (from the
+    vocabulary order with `merges_by_position`: Gemma, whose scores do not follow its merge order).
 
     Spaces become "▁" and one is prepended (unless tokenizer.ggml.add_space_prefix is false), as
     Llama and Phi-3 tokenizers do; unknown characters fall back to the <0xNN> byte tokens.
@@ -409,6 +346,8 @@ def sentencepiece_bpe(reader: gguf.GGUFReader, path: pathlib.Path, tokens: list[
     vocab = {token: i for i, token in enumerate(tokens)}
     if keys.merges is not None:
         merges = [_merge_pair(m, path) for m in keys.merges]
+    elif merges_by_position:
+        merges = merges_from_scores(tokens, [-float(i) for i in range(len(tokens))])
     else:
         if keys.scores is None:
             raise InputError(f"{path}: metadata key tokenizer.ggml.scores is missing (and there are no merges)")
@@ -421,9 +360,9 @@ def sentencepiece_bpe(reader: gguf.GGUFReader, path: pathlib.Path, tokens: list[
     if keys.add_space_prefix is not False:
         steps.insert(0, normalizers.Prepend("\u2581"))
     tokenizer.normalizer = normalizers.Sequence(steps)
-    tokenizer.decoder = decoders.Sequence(
-        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
-    )
+    # the decoder strips the one space the normalizer prepended, and none where it prepends none
+    strip = [decoders.Strip(" ", 1, 0)] if keys.add_space_prefix is not False else []
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), *strip])
     return tokenizer
 
 

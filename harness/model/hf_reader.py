@@ -1,13 +1,14 @@
 """Read a Hugging Face checkpoint directory (config.json, safetensors, tokenizer.json) into a Checkpoint.
 
-Llama and Phi-3 directories become the canonical layout of harness.model.config (Phi-3's fused
-qkv_proj / gate_up_proj are split); anything the builder cannot run faithfully is rejected.
+The directory's `model_type` picks its family (harness.model.families), which names its config keys and tensors; the
+files become the canonical layout of harness.model.config, and anything the builder cannot run faithfully is rejected.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import re
 import warnings
 from typing import Any
 
@@ -17,8 +18,9 @@ import tokenizers
 from harness.errors import InputError
 from harness.model.config import Checkpoint, ModelConfig, StoredTensor, Weights, check_values, check_weights
 from harness.model.tokenizer import ChatTokenizer
-from harness.validation import (FiniteFloat, NonNegativeInt, PositiveFloat, PositiveInt, Schema, StrictBool, StrictStr,
-                                MappedTensor, read_json_object, map_safetensors, read_text, short_repr, validate)
+from harness.model import families
+from harness.model.families import Family, common
+from harness.validation import MappedTensor, map_safetensors, read_json_object, read_text, short_repr
 
 CONFIG_FILE = "config.json"
 SINGLE_WEIGHTS_FILE = "model.safetensors"
@@ -27,119 +29,17 @@ TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
-# Hugging Face's own class defaults (LlamaConfig / Phi3Config) for fields a config.json may omit.
-_ROPE_THETA_DEFAULT = 10000.0
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
-# ---------------------------------------------------------------------------------------------- config.json keys
-# As penzai's converters do (llama_from_huggingface_model refuses every config attribute that differs from the
-# defaults it supports), each key of config.json is in one of three lists and any other key is refused: a key that a
-# new transformers release or a new variant adds may change the maths, so it is never skipped silently.
-
-# (a) Read by the builder: each becomes (part of) a ModelConfig field, typed and ranged by HFConfig.
-USED_KEYS = frozenset({
-    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
-    "intermediate_size", "vocab_size", "rms_norm_eps", "max_position_embeddings", "rope_theta", "rope_parameters",
-    "tie_word_embeddings", "sliding_window",  # sliding_window: Phi-3's attention window; null for llama
-})
-
-# (b) Provably no effect on the forward maths: names, bookkeeping, training-only and generation-only settings.
-# Any value is accepted (the token ids alone are still checked to be ids inside vocab_size); the ones present are
-# listed in Checkpoint.ignored_fields.
-NO_EFFECT_KEYS: dict[str, str] = {
-    "architectures": "the transformers class name; model_type chooses the maths",
-    "_name_or_path": "where the checkpoint was saved from",
-    "_attn_implementation_autoset": "transformers bookkeeping of which attention kernel it picked",
-    "transformers_version": "the library version that wrote the file",
-    "auto_map": "remote-code class names; no remote code is run here",
-    "torch_dtype": "the dtype the weights were saved in; the safetensors header gives it and the reader casts",
-    "dtype": "transformers 5 name of torch_dtype",
-    "use_cache": "the generation KV-cache switch",
-    "initializer_range": "random initialisation only",
-    "attention_dropout": "dropout acts only in training (any value)",
-    "resid_pdrop": "dropout acts only in training (any value)",
-    "embd_pdrop": "dropout acts only in training (any value)",
-    "bos_token_id": "generation ids; the tokenizer files give BOS/EOS",
-    "eos_token_id": "generation ids; the tokenizer files give BOS/EOS",
-    "pad_token_id": "padding id; nothing is padded inside a forward pass here",
-    "is_llama_config": "nanotron's marker (SmolLM2 files)",
-    "transformers.js_config": "transformers.js runtime hints (ONNX kv-cache dtypes)",
-}
-_TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
-
-
-def _exactly(expected):
-    """Equal to `expected` and of its very type (so true does not pass for 1, nor 0 for false)."""
-    return lambda value: type(value) is type(expected) and value == expected
-
-
-def _unit_factor(value) -> bool:
-    return value is None or (type(value) in (int, float) and value == 1.0)
-
-
-def _default_rope(value) -> bool:
-    return value is None or (isinstance(value, dict) and value.get("rope_type", value.get("type")) == "default")
-
-
-# (c) Settings the model code supports in one form only: the value must be that form (key → (check, what is supported)).
-SUPPORTED_VALUES: dict[str, tuple] = {
-    "hidden_act": (_exactly("silu"), "expected 'silu': the SwiGLU MLP"),
-    "attention_bias": (_exactly(False), "expected false: no attention biases"),
-    "mlp_bias": (_exactly(False), "expected false: no MLP biases"),
-    "pretraining_tp": (_exactly(1), "expected 1: unsplit projections"),
-    "rope_scaling": (_default_rope, "expected null: plain RoPE (no linear/dynamic/yarn/longrope/llama3 scaling)"),
-    "rope_interleaved": (_exactly(False), "expected false: rotate-half RoPE, as transformers runs it"),
-    "partial_rotary_factor": (_unit_factor, "expected 1.0: RoPE on the whole head"),
-    "original_max_position_embeddings": (
-        lambda v: type(v) is int and v > 0,
-        "expected a positive int: only long-context RoPE scaling reads it, and that must be off"),
-}
-# Keys of rope_parameters (transformers 5): rope_theta is read, the others must be the plain-RoPE values.
-_ROPE_PARAMETER_VALUES: dict[str, tuple] = {
-    "rope_type": (_exactly("default"), "expected 'default': plain RoPE"),
-    "rope_theta": (lambda v: True, ""),  # typed by RopeParameters
-    "partial_rotary_factor": (_unit_factor, "expected 1.0: RoPE on the whole head"),
-}
-_UNKNOWN = "this harness runs Llama/Phi-3 maths; unknown keys may change it"
-
-
-class HFConfig(Schema):
-    """The config.json keys the builder reads (USED_KEYS) and the token ids, typed and ranged."""
-
-    model_type: StrictStr
-    hidden_size: PositiveInt
-    num_hidden_layers: PositiveInt
-    num_attention_heads: PositiveInt
-    num_key_value_heads: PositiveInt | None = None
-    head_dim: PositiveInt | None = None
-    intermediate_size: PositiveInt
-    vocab_size: PositiveInt
-    rms_norm_eps: PositiveFloat
-    max_position_embeddings: PositiveInt
-    rope_theta: PositiveFloat | None = None
-    rope_parameters: dict | None = None
-    tie_word_embeddings: StrictBool = False
-    sliding_window: PositiveInt | None = None
-    bos_token_id: NonNegativeInt | None = None
-    eos_token_id: NonNegativeInt | list[NonNegativeInt] | None = None
-    pad_token_id: NonNegativeInt | None = None
-
-
-class RopeParameters(Schema):
-    rope_type: StrictStr = "default"
-    rope_theta: PositiveFloat | None = None
-    partial_rotary_factor: FiniteFloat | None = None
-
-
 def read_hf_dir(path: str | os.PathLike, *, dtype=np.float32) -> Checkpoint:
-    """Config, canonical weights (cast to `dtype`) and tokenizer of a Llama or Phi-3 HF directory.
+    """Config, canonical weights (cast to `dtype`) and tokenizer of a Hugging Face directory of a supported family.
 
     Every tensor the files hold ends up in the canonical layout or raises; nothing is skipped.
     Contract: a bad file or value is one InputError line naming the file and field (config values typed and
-    ranged, weights float only). Every config.json key is one the builder reads, one that provably does not change
+    ranged, weights float only). Every config.json key is one the family reads, one that provably does not change
     the maths (those come back in `Checkpoint.ignored_fields`) or one whose value must be the supported one; any
-    other key is refused (see USED_KEYS, NO_EFFECT_KEYS, SUPPORTED_VALUES).
+    other key is refused (the family's hf_used_keys, hf_no_effect_keys, hf_supported_values).
     """
     directory = pathlib.Path(path)
     if not directory.is_dir():
@@ -147,7 +47,8 @@ def read_hf_dir(path: str | os.PathLike, *, dtype=np.float32) -> Checkpoint:
     dtype = _float_dtype(dtype)
     raw = _read_json(directory / CONFIG_FILE)
     config = model_config_from_hf(raw, source=str(directory / CONFIG_FILE))
-    stored, weights_source = read_safetensors_dir(directory)
+    buffers = families.families()[config.architecture].hf_buffers
+    stored, weights_source = read_safetensors_dir(directory, buffers=buffers)
     weights = canonical_weights(stored, config, source=weights_source, dtype=dtype)
     check_weights(config, weights)
     check_values(weights)
@@ -186,93 +87,47 @@ def hf_cache_dir() -> pathlib.Path:
 
 
 def ignored_config_keys(raw: dict[str, Any]) -> tuple[str, ...]:
-    """The keys of a config.json that provably do not change the maths (NO_EFFECT_KEYS), sorted: the report lists them."""
-    return tuple(sorted(key for key in raw if key in NO_EFFECT_KEYS))
+    """The keys of a config.json that provably do not change the maths (the family's no-effect keys), sorted: the
+    report lists them."""
+    family = families.for_hf(raw.get("model_type"), CONFIG_FILE)
+    return tuple(sorted(key for key in raw if key in family.hf_no_effect_keys))
 
 
-def _unsupported(source: str, key: str, value: Any, why: str) -> InputError:
-    if isinstance(value, dict):  # a RoPE-scaling dict shows its kind first, before the cut at 60 characters
-        value = dict(sorted(value.items(), key=lambda item: item[0] not in ("rope_type", "type")))
-    return InputError(f"{source}: key {key!r} = {short_repr(value)} is not supported ({why})")
-
-
-def check_config_keys(raw: dict[str, Any], source: str) -> None:
-    """Refuse any key outside USED_KEYS / NO_EFFECT_KEYS / SUPPORTED_VALUES, and any SUPPORTED_VALUES key that differs."""
-    known = USED_KEYS | NO_EFFECT_KEYS.keys() | SUPPORTED_VALUES.keys()
-    unknown = [key for key in raw if key not in known]
+def check_config_keys(raw: dict[str, Any], source: str, family: Family) -> None:
+    """Refuse any key the family neither reads, knows to change nothing, nor supports in one form; and any such
+    supported-value key (or rope_parameters key) whose value differs."""
+    unknown = [key for key in raw if key not in family.hf_known_keys]
     if unknown:
         more = f"; {len(unknown)} unknown keys in all" if len(unknown) > 1 else ""
-        raise _unsupported(source, unknown[0], raw[unknown[0]], _UNKNOWN + more)
-    for key, (supported, why) in SUPPORTED_VALUES.items():
+        why = f"this harness runs {family.name} maths as harness.model.families.{family.name} says; {common.UNKNOWN}"
+        raise common.unsupported(source, unknown[0], raw[unknown[0]], why + more)
+    for key, (supported, why) in family.hf_supported_values.items():
         if key in raw and not supported(raw[key]):
-            raise _unsupported(source, key, raw[key], why)
+            raise common.unsupported(source, key, raw[key], why)
     parameters = raw.get("rope_parameters")
+    rope_keys = family.hf_rope_parameters or common.PLAIN_ROPE_PARAMETERS
     for key, value in (parameters.items() if isinstance(parameters, dict) else ()):
-        supported, why = _ROPE_PARAMETER_VALUES.get(key, (None, _UNKNOWN))
+        supported, why = rope_keys.get(key, (None, common.UNKNOWN))
         if supported is None or not supported(value):
-            raise _unsupported(source, f"rope_parameters.{key}", value, why)
+            raise common.unsupported(source, f"rope_parameters.{key}", value, why)
 
 
 def model_config_from_hf(raw: dict[str, Any], *, source: str) -> ModelConfig:
     """ModelConfig from a parsed config.json; InputError for any key or value the builder does not run faithfully."""
-    model_type = raw.get("model_type") if isinstance(raw, dict) else None
-    if model_type not in ("llama", "phi3"):
-        raise InputError(f"{source}: model_type {short_repr(model_type)} is not supported; expected 'llama' or 'phi3'")
-    check_config_keys(raw, source)
-    cfg = validate(HFConfig, {k: v for k, v in raw.items() if k in USED_KEYS or k in _TOKEN_ID_KEYS}, source)
-    n_heads, d_model = cfg.num_attention_heads, cfg.hidden_size
-    if cfg.head_dim is None and d_model % n_heads:
-        raise InputError(f"{source}: hidden_size {d_model} is not a multiple of num_attention_heads {n_heads}")
-    if model_type == "llama" and cfg.sliding_window is not None:
-        raise _unsupported(source, "sliding_window", cfg.sliding_window, "expected null for llama: full causal attention")
-    for field in ("bos_token_id", "pad_token_id"):
-        if getattr(cfg, field) is not None and getattr(cfg, field) >= cfg.vocab_size:
-            raise InputError(f"{source}: {field} {getattr(cfg, field)} is outside vocab_size {cfg.vocab_size}")
-    eos = cfg.eos_token_id if isinstance(cfg.eos_token_id, list) else [cfg.eos_token_id]
-    if any(e is not None and e >= cfg.vocab_size for e in eos):
-        raise InputError(f"{source}: eos_token_id {cfg.eos_token_id!r:.60} is outside vocab_size {cfg.vocab_size}")
-    fields = dict(
-        architecture=model_type,
-        d_model=d_model,
-        n_layers=cfg.num_hidden_layers,
-        n_heads=n_heads,
-        n_kv_heads=n_heads if cfg.num_key_value_heads is None else cfg.num_key_value_heads,
-        head_dim=d_model // n_heads if cfg.head_dim is None else cfg.head_dim,
-        d_ffn=cfg.intermediate_size,
-        vocab_size=cfg.vocab_size,
-        rope_base=_rope_theta(cfg, source),
-        rms_norm_eps=cfg.rms_norm_eps,
-        tie_embeddings=cfg.tie_word_embeddings,
-        max_context=cfg.max_position_embeddings,
-        sliding_window=cfg.sliding_window,
-    )
-    try:
-        return ModelConfig(**fields)
-    except InputError as error:  # ModelConfig's own checks, with the file named
-        raise InputError(f"{source}: {error}") from error
+    family = families.for_hf(raw.get("model_type") if isinstance(raw, dict) else None, source)
+    check_config_keys(raw, source, family)
+    return family.config_from_hf(raw, source)
 
 
-def _rope_theta(cfg: HFConfig, source: str) -> float:
-    """RoPE base from either config style (transformers 5 rope_parameters, or top-level rope_theta).
-
-    check_config_keys has already refused RoPE scaling and partial rotary factors; this types rope_parameters.
-    """
-    params = validate(RopeParameters, cfg.rope_parameters or {}, source, prefix="rope_parameters.")
-    if params.rope_theta is not None:
-        return params.rope_theta
-    if cfg.rope_theta is not None:
-        return cfg.rope_theta
-    return _ROPE_THETA_DEFAULT
-
-
-def read_safetensors_dir(directory: pathlib.Path) -> tuple[dict[str, MappedTensor], str]:
-    """Where all tensors lie in a directory's model.safetensors, or of every shard its index lists, and that source."""
+def read_safetensors_dir(directory: pathlib.Path, *, buffers: tuple[str, ...] = ()) -> tuple[dict[str, MappedTensor], str]:
+    """Where all tensors lie in a directory's model.safetensors, or of every shard its index lists, and that source.
+    Tensors whose names fullmatch a regex of `buffers` (the family's no-effect buffers) may be of any dtype."""
     index_path = directory / INDEX_FILE
     if index_path.exists():
-        return _read_sharded(index_path), str(index_path)
+        return _read_sharded(index_path, buffers), str(index_path)
     single = directory / SINGLE_WEIGHTS_FILE
     if single.exists():
-        return _read_safetensors_file(single), str(single)
+        return _read_safetensors_file(single, buffers), str(single)
     found = sorted(p.name for p in directory.glob("*.safetensors"))
     raise InputError(
         f"{directory}: no {SINGLE_WEIGHTS_FILE} or {INDEX_FILE}"
@@ -280,7 +135,7 @@ def read_safetensors_dir(directory: pathlib.Path) -> tuple[dict[str, MappedTenso
     )
 
 
-def _read_sharded(index_path: pathlib.Path) -> dict[str, MappedTensor]:
+def _read_sharded(index_path: pathlib.Path, buffers: tuple[str, ...] = ()) -> dict[str, MappedTensor]:
     """Tensors of every shard an index lists; each shard must hold exactly the tensors mapped to it."""
     index = _read_json(index_path)
     weight_map = index.get("weight_map")
@@ -298,7 +153,7 @@ def _read_sharded(index_path: pathlib.Path) -> dict[str, MappedTensor]:
     tensors: dict[str, MappedTensor] = {}
     for shard in sorted(by_shard):
         shard_path = index_path.parent / shard
-        shard_tensors = _read_safetensors_file(shard_path)
+        shard_tensors = _read_safetensors_file(shard_path, buffers)
         missing = sorted(by_shard[shard] - set(shard_tensors))
         if missing:
             raise InputError(f"{shard_path}: tensor {missing[0]} listed in {INDEX_FILE} is missing ({len(missing)} in all)")
@@ -309,11 +164,13 @@ def _read_sharded(index_path: pathlib.Path) -> dict[str, MappedTensor]:
     return tensors
 
 
-def _read_safetensors_file(path: pathlib.Path) -> dict[str, MappedTensor]:
-    """Where every tensor of one weights file lies, dtypes as stored (bf16 kept); a non-float tensor is refused."""
+def _read_safetensors_file(path: pathlib.Path, buffers: tuple[str, ...] = ()) -> dict[str, MappedTensor]:
+    """Where every tensor of one weights file lies, dtypes as stored (bf16 kept); a non-float tensor is refused
+    unless it is one of the family's `buffers` (a bool causal mask, dropped by the family)."""
     tensors = map_safetensors(path, expected="a safetensors weights file")
     for name, array in tensors.items():
-        if array.dtype.name not in FLOAT_DTYPES:  # e.g. F32 bits relabelled I32: not weights
+        buffer = any(re.fullmatch(pattern, name) for pattern in buffers)
+        if array.dtype.name not in FLOAT_DTYPES and not buffer:  # e.g. F32 bits relabelled I32: not weights
             raise InputError(f"{path}: tensor {name} has dtype {array.dtype.name}, expected a float dtype {FLOAT_DTYPES}")
     return tensors
 
@@ -321,11 +178,11 @@ def _read_safetensors_file(path: pathlib.Path) -> dict[str, MappedTensor]:
 def canonical_weights(
     stored: dict[str, MappedTensor], config: ModelConfig, *, source: str, dtype=np.float32
 ) -> Weights:
-    """Stored HF tensors (memory maps) → canonical names read as `dtype`: Phi-3 fused tensors split, tied lm_head dropped."""
+    """Stored HF tensors (memory maps) → canonical names read as `dtype`, as the config's family names and fuses them;
+    a tied lm_head (equal to the embedding) dropped."""
     dtype = _float_dtype(dtype)
-    tensors = {name: _on_disk(array, source) for name, array in stored.items()}
-    if config.architecture == "phi3":
-        tensors = _split_phi3(tensors, config, source)
+    tensors = {name: StoredTensor(shape=a.shape, file=str(a.path), read=a.read) for name, a in stored.items()}
+    tensors = families.families()[config.architecture].weights_from_hf(tensors, config, source)
     if config.tie_embeddings and "lm_head.weight" in tensors:
         embed = tensors.get("model.embed_tokens.weight")
         if embed is None or not np.array_equal(tensors["lm_head.weight"].read(), embed.read()):
@@ -334,39 +191,6 @@ def canonical_weights(
             )
         del tensors["lm_head.weight"]
     return Weights(tensors, dtype=dtype, source=source)
-
-
-def _on_disk(mapped: MappedTensor, source: str) -> StoredTensor:
-    return StoredTensor(shape=mapped.shape, file=str(mapped.path), read=mapped.read)
-
-
-def _rows(fused: StoredTensor, start: int, stop: int) -> StoredTensor:
-    """Rows [start, stop) of a fused tensor, read from the memory map without touching the other rows."""
-    return StoredTensor(shape=(stop - start, *fused.shape[1:]), file=fused.file, read=lambda: fused.read()[start:stop])
-
-
-def _split_phi3(tensors: dict[str, StoredTensor], config: ModelConfig, source: str) -> dict[str, StoredTensor]:
-    """Split qkv_proj rows into [q; k; v] and gate_up_proj rows into [gate; up] for every layer."""
-    q_rows, kv_rows, f = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim, config.d_ffn
-    out = dict(tensors)
-    for name in sorted(tensors):
-        prefix, _, leaf = name.rpartition(".self_attn.qkv_proj.")
-        if leaf == "weight":
-            fused = out.pop(name)
-            _check_rows(fused.shape, q_rows + 2 * kv_rows, name, source)
-            bounds = (0, q_rows, q_rows + kv_rows, q_rows + 2 * kv_rows)
-            out |= {f"{prefix}.self_attn.{p}_proj.weight": _rows(fused, *bounds[i:i + 2]) for i, p in enumerate("qkv")}
-        prefix, _, leaf = name.rpartition(".mlp.gate_up_proj.")
-        if leaf == "weight":
-            fused = out.pop(name)
-            _check_rows(fused.shape, 2 * f, name, source)
-            out |= {f"{prefix}.mlp.gate_proj.weight": _rows(fused, 0, f), f"{prefix}.mlp.up_proj.weight": _rows(fused, f, 2 * f)}
-    return out
-
-
-def _check_rows(shape: tuple[int, ...], rows: int, name: str, source: str) -> None:
-    if len(shape) != 2 or shape[0] != rows:
-        raise InputError(f"{source}: weight {name} has shape {tuple(shape)}, config expects ({rows}, d_model)")
 
 
 def read_hf_tokenizer(directory: pathlib.Path, *, vocab_size: int | None = None) -> ChatTokenizer:

@@ -1,4 +1,5 @@
-"""Multiple-choice questions → token ids to score: the letter, text and cloze formats in the model's chat template.
+"""Multiple-choice questions → token ids to score: the letter, text and cloze formats in the model's chat template
+(a model without one, a base model, is prompted plainly: the user message, a newline, then the assistant part).
 
 Every option becomes one sequence, context + continuation; the scored position is the continuation's last token.
   letter: user "{question}\\nChoices:\\n(A) {a}\\n…(D) {d}", assistant "Answer: (" + letter (the original's prompt);
@@ -89,9 +90,17 @@ def user_message(question: MCQuestion, fmt: str) -> str:
     return question.question if check_format(fmt) == "cloze" else choices_block(question)
 
 
+def user_turn(tokenizer: ChatTokenizer, user: str) -> str:
+    """The user's message as the model is prompted: in its chat template with the assistant turn opened, or, for a
+    model without one (a base model: GPT-2, Gemma-3 270M), the plain message and a newline."""
+    if not tokenizer.chat_template:
+        return user + "\n"
+    return tokenizer.render_chat([{"role": "user", "content": user}], add_generation_prompt=True)
+
+
 def context_text(tokenizer: ChatTokenizer, question: MCQuestion, fmt: str) -> str:
-    """The chat-rendered prompt up to the continuation (the assistant turn opened by the template)."""
-    rendered = tokenizer.render_chat([{"role": "user", "content": user_message(question, fmt)}], add_generation_prompt=True)
+    """The prompt up to the continuation (the assistant turn opened by the template, or the plain prompt's next line)."""
+    rendered = user_turn(tokenizer, user_message(question, fmt))
     return rendered + {"letter": LETTER_ANSWER_PREFIX, "text": TEXT_ANSWER_PREFIX, "cloze": ""}[fmt]
 
 

@@ -5,8 +5,9 @@ Written as one self-contained HTML page (inline CSS, the histogram PNG embedded 
 computed elsewhere (harness.studies.feature_contexts, the claims); it recomputes nothing but the logit effects.
 
 Logit effects: the decoder direction d = W_dec[f] / out_norm_factor (the residual the feature writes) is multiplied by
-the final RMSNorm scale g and the unembedding, d·g @ W_Uᵀ [vocabulary]. The RMS division of the final norm is a
-positive per-token scalar, so it rescales but does not reorder the effects and is left out.
+the final norm's scale g and the unembedding, d·g @ W_Uᵀ [vocabulary] (a LayerNorm model first removes d's mean, as its
+norm does; its bias is the same for every direction). The norm's division is a positive per-token scalar, so it
+rescales but does not reorder the effects and is left out; so is a final soft cap (monotone).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def logit_effects(checkpoint, params: sae_lib.SAEParams, feature: int, *, n: int
     d = np.asarray(params.W_dec[f], np.float32) / params.out_norm_factor
     if d.shape != g.shape:
         raise InputError(f"SAE width {d.shape[0]} does not match the model's d_model {g.shape[0]}")
+    if checkpoint.config.norm == "layer":  # LayerNorm removes a direction's mean before scaling (its bias is common)
+        d = d - d.mean()
     effect = W_U @ (d * g)
     order = np.argsort(-effect, kind="stable")
     decode = checkpoint.tokenizer.decode

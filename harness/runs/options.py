@@ -33,7 +33,8 @@ from harness.runs.batching import (
 )
 from harness.runs.packing import Packed, pack_trie, stack_rows
 
-HOOKS = {"resid_pre": "pre", "resid_post": "post"}
+# An SAE's hook point (SAELens' blocks.L.hook_<name>, saex, Gemma Scope folders) -> capture's `where`.
+HOOKS = {"resid_pre": "pre", "resid_post": "post", "attn_out": "attn_out", "mlp_out": "mlp_out"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -2,7 +2,7 @@
 
 Every distinct token path is stored once: the row holds the trie's segments (runs of tokens without a branch) in
 depth-first order, each token at its depth as position. A token sees its own segment's earlier tokens and its
-ancestors' (capture.ApplySegmentCausalMask), so every sequence's residuals and log-probs equal those of running it
+ancestors' (model.blocks.CausalMask), so every sequence's residuals and log-probs equal those of running it
 alone — a question's 4 options, or its 12 sequences of three formats, pay for their shared prefixes once.
 """
 

@@ -16,6 +16,7 @@ Gemma Scope's ``layer_20``. Sources that disagree are an error; ``SAEMeta.layer_
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -356,6 +357,10 @@ class SAELensMetadata(Schema):
     hook_name: StrictStr | None = None
     hook_layer: NonNegativeInt | None = None
     hook_head_index: NonNegativeInt | None = None
+    model_from_pretrained_kwargs: dict | None = None
+    prepend_bos: StrictBool | None = None
+    sae_lens_version: StrictStr | None = None
+    sae_lens_training_version: StrictStr | None = None
 
 
 class SAELensConfig(Schema):
@@ -367,26 +372,102 @@ class SAELensConfig(Schema):
     k: PositiveInt | None = None
     d_in: PositiveInt | None = None
     d_sae: PositiveInt | None = None
+    expansion_factor: PositiveInt | None = None  # SAELens < 3 (and mats_sae_training) configs: d_sae = this x d_in
     apply_b_dec_to_input: StrictBool = True  # SAELens' own default when the key is absent
     normalize_activations: StrictStr | None = None
     reshape_activations: StrictStr | None = None
     finetuning_scaling_factor: StrictBool = False
     rescale_acts_by_decoder_norm: StrictBool = False
     hook_head_index: NonNegativeInt | None = None
+    hook_point_head_index: NonNegativeInt | None = None  # SAELens < 3's name of hook_head_index
     hook_name: StrictStr | None = None
-    hook_point: StrictStr | None = None
+    hook_point: StrictStr | None = None  # SAELens < 3's name of hook_name
     hook_layer: NonNegativeInt | None = None
+    hook_point_layer: NonNegativeInt | None = None  # SAELens < 3's name of hook_layer
     model_name: StrictStr | None = None
+    model_from_pretrained_kwargs: dict | None = None
+    prepend_bos: StrictBool | None = None
+    sae_lens_version: StrictStr | None = None
+    sae_lens_training_version: StrictStr | None = None
     metadata: SAELensMetadata | None = None
+
+
+# model_from_pretrained_kwargs that SAELens hands to HookedTransformer.from_pretrained(_no_processing) and that leave
+# the activations at every hook this harness reads (resid_pre/post, attn_out, mlp_out) as they are (TransformerLens'
+# HookedTransformer.load_and_process_state_dict): fold_ln moves LayerNorm scales/biases into the weights that read the
+# normalised residual; center_unembed centres W_U (logits, not the residual); fold_value_biases moves b_V into b_O
+# (attention rows sum to 1, so the head's output is the same); refactor_factored_attn_matrices re-factors W_Q/W_K and
+# W_V/W_O keeping W_QK, W_OV and the biases' effect; n_devices / device / move_to_device place the model.
+# center_writing_weights does change them (it is read, SAEParams.center_input); any other key is refused.
+_TL_KWARGS_NO_EFFECT = {"fold_ln": bool, "center_unembed": bool, "fold_value_biases": bool,
+                        "refactor_factored_attn_matrices": bool, "n_devices": int, "device": str, "move_to_device": bool}
+# SAELens 3.19.2 ("fix: centre writing weights defaults") began recording model_from_pretrained_kwargs and loading the
+# model with from_pretrained_no_processing; before it, training loaded HookedTransformer.from_pretrained, whose
+# center_writing_weights defaults to true (mats_sae_training and SAELens < 2.0 could pass it no kwargs at all).
+_SAELENS_RECORDS_KWARGS = (3, 19, 2)
+
+
+def _version(text: str, cfg_path: Path) -> tuple[int, int, int]:
+    """'6.12.1', '6.0.0-rc.0', '3.19.2' -> (major, minor, patch)."""
+    match = re.match(r"^v?(\d+)\.(\d+)\.(\d+)", text)
+    if match is None:
+        raise InputError(f"{cfg_path}: SAELens version {text!r}, expected major.minor.patch")
+    return int(match[1]), int(match[2]), int(match[3])
+
+
+def _one_of(cfg: SAELensConfig, metadata: SAELensMetadata, key: str, cfg_path: Path):
+    """A key pre-6.0 configs keep at the top level and SAELens 6 under metadata; both given and different is refused."""
+    top, meta = getattr(cfg, key), getattr(metadata, key)
+    if top is not None and meta is not None and top != meta:
+        raise InputError(f"{cfg_path}: {key}={short_repr(top)} but metadata.{key}={short_repr(meta)}; expected one value")
+    return top if top is not None else meta
+
+
+def _centring(cfg: SAELensConfig, metadata: SAELensMetadata, cfg_path: Path, *, legacy: bool) -> tuple[bool, list[str]]:
+    """(whether the SAE read TransformerLens' centred residual, the defaults applied) from model_from_pretrained_kwargs,
+    else from which SAELens trained it (see _SAELENS_RECORDS_KWARGS)."""
+    kwargs = _one_of(cfg, metadata, "model_from_pretrained_kwargs", cfg_path)
+    if kwargs is not None:
+        for key, value in kwargs.items():
+            if key == "center_writing_weights":
+                wanted = bool
+            elif key in _TL_KWARGS_NO_EFFECT:
+                wanted = _TL_KWARGS_NO_EFFECT[key]
+            else:
+                raise InputError(f"{cfg_path}: model_from_pretrained_kwargs.{key}={short_repr(value)} may change the "
+                                 f"activations the SAE read; expected only center_writing_weights and "
+                                 f"{', '.join(sorted(_TL_KWARGS_NO_EFFECT))}")
+            if isinstance(value, bool) is not (wanted is bool) or not isinstance(value, wanted):
+                raise InputError(f"{cfg_path}: model_from_pretrained_kwargs.{key}={short_repr(value)}, expected a "
+                                 f"{wanted.__name__}")
+        # recorded since SAELens 3.19.2, which loads the model with from_pretrained_no_processing: absent means false
+        return kwargs.get("center_writing_weights", False), []
+    trained_by = _one_of(cfg, metadata, "sae_lens_training_version", cfg_path)
+    if trained_by is not None and _version(trained_by, cfg_path) < _SAELENS_RECORDS_KWARGS:
+        return True, [f"model_from_pretrained_kwargs.center_writing_weights=true (trained by SAELens {trained_by}, "
+                      "before 3.19.2: through HookedTransformer.from_pretrained, which centres the writing weights "
+                      "by default, its kwargs not recorded)"]
+    if legacy and trained_by is None:
+        return True, ["model_from_pretrained_kwargs.center_writing_weights=true (a SAELens < 2.0 / mats_sae_training "
+                      "config: trained through HookedTransformer.from_pretrained, which centres the writing weights "
+                      "by default; SAELens' registry sets the same for gpt2-small-res-jb)"]
+    return False, ["model_from_pretrained_kwargs={} (not recorded; SAELens' default: the model loaded without "
+                   "processing, the residual not centred)"]
 
 
 def load_saelens(
     path: str | Path, *, model_name: str | None = None, layer: int | None = None, hook: str | None = None
 ) -> tuple[SAEParams, SAEMeta]:
-    """Read a SAELens folder (cfg.json + sae_weights.safetensors), new-style (6.x) or pre-6.0 config.
+    """Read a SAELens folder (cfg.json + sae_weights.safetensors), new-style (6.x) or pre-6.0 config, or the SAELens
+    < 3.0 / mats_sae_training layout of jbloom/GPT2-Small-SAEs-Reformatted (hook_point, hook_point_layer, d_in, d_sae
+    or expansion_factor, no architecture: a standard ReLU SAE, as SAELens' handle_pre_6_0_config defaults it).
 
     Architectures standard/jumprelu/gated/topk; ``normalize_activations`` must be "none" (others
     rescale activations at run time in ways this reader does not reproduce, so they are refused).
+    What the SAE read in training comes back in SAEMeta: ``center_writing_weights`` (model_from_pretrained_kwargs, at
+    the top level before 6.0 or under metadata; see _centring for a config that does not record it; SAEParams
+    .center_input follows it, ``sae.for_model`` adapts it to the model's norm) and ``prepend_bos`` (true by default
+    before 6.0, as SAELens defaults it). Every default the file left to SAELens is listed in ``defaulted_fields``.
     """
     path = Path(path)
     cfg_path, weights_path = path / SAELENS_CFG, path / SAELENS_WEIGHTS
@@ -395,25 +476,47 @@ def load_saelens(
             raise InputError(f"{path}: SAELens folder lacks {needed.name}, expected cfg.json and sae_weights.safetensors")
     cfg = validate(SAELensConfig, read_json_object(cfg_path), str(cfg_path))
     metadata = cfg.metadata or SAELensMetadata()
+    saved_by = _one_of(cfg, metadata, "sae_lens_version", cfg_path)
+    pre_6 = saved_by is None or _version(saved_by, cfg_path) < (6, 0, 0)  # SAELens' handle_config_defaulting
+    defaulted = []
+    # SAELens < 3.0 (and mats_sae_training, which wrote jbloom's gpt2-small-res-jb) named neither the architecture nor
+    # the activation function: SAELens' handle_pre_6_0_config defaults them to a standard ReLU SAE. Accepted in exactly
+    # that layout: top-level hook_point, no metadata block, no hook_name, no version from SAELens 3.0 on.
+    legacy = (cfg.architecture is None and cfg.activation_fn_str is None and cfg.hook_point is not None
+              and cfg.hook_name is None and cfg.metadata is None and saved_by is None
+              and (cfg.sae_lens_training_version is None or _version(cfg.sae_lens_training_version, cfg_path) < (3, 0, 0)))
     arch_name = cfg.architecture
-    if arch_name is None:  # pre-6.0 files may only name the activation function
+    if arch_name is None and legacy:
+        arch_name = "standard"
+        defaulted += ["architecture=standard (SAELens' default for a pre-6.0 config naming none)",
+                      "activation_fn=relu (SAELens' default for a pre-6.0 config naming none)"]
+    elif arch_name is None:  # pre-6.0 files may only name the activation function
         if cfg.activation_fn_str is None:
-            raise InputError(f"{cfg_path}: neither architecture nor activation_fn_str is given; expected one of them")
+            raise InputError(f"{cfg_path}: neither architecture nor activation_fn_str is given, and the config is not "
+                             "SAELens < 3.0's layout (top-level hook_point, no metadata, no SAELens version >= 3.0); "
+                             "expected one of them")
         arch_name = {"relu": "standard", "topk": "topk"}.get(cfg.activation_fn_str, cfg.activation_fn_str)
+    if "apply_b_dec_to_input" not in cfg.model_fields_set:
+        defaulted.append("apply_b_dec_to_input=true (SAELens' default when the key is absent)")
     if arch_name not in _SAELENS_ARCH:
         raise InputError(f"{cfg_path}: architecture={arch_name!r}, expected one of {sorted(_SAELENS_ARCH)}")
     norm = cfg.normalize_activations or "none"
     if norm != "none":
         raise InputError(f"{cfg_path}: normalize_activations={norm!r} is not supported, expected 'none'")
     reshape = cfg.reshape_activations or "none"
-    if reshape != "none" or (cfg.hook_head_index if cfg.hook_head_index is not None else metadata.hook_head_index) is not None:
+    head = next((h for h in (cfg.hook_head_index, cfg.hook_point_head_index, metadata.hook_head_index) if h is not None),
+                None)
+    if reshape != "none" or head is not None:
         raise InputError(f"{cfg_path}: per-head SAEs (reshape_activations={reshape!r}) are not supported, expected 'none'")
     for flag in ("finetuning_scaling_factor", "rescale_acts_by_decoder_norm"):
         if getattr(cfg, flag):
             raise InputError(f"{cfg_path}: {flag}=true is not supported, expected false")
     hook_name = metadata.hook_name or cfg.hook_name or cfg.hook_point
     file_layer, file_hook = parse_hook_name(hook_name) if hook_name else (None, None)
-    hook_layer = cfg.hook_layer if cfg.hook_layer is not None else metadata.hook_layer
+    hook_layers = {v for v in (cfg.hook_layer, cfg.hook_point_layer, metadata.hook_layer) if v is not None}
+    if len(hook_layers) > 1:
+        raise InputError(f"{cfg_path}: hook layers {sorted(hook_layers)} given; expected one")
+    hook_layer = hook_layers.pop() if hook_layers else None
     if hook_layer is not None and file_layer is not None and hook_layer != file_layer:
         raise InputError(f"{cfg_path}: hook_layer={hook_layer} contradicts hook name {hook_name!r}")
     found = dict(
@@ -421,6 +524,8 @@ def load_saelens(
         layer=file_layer if file_layer is not None else hook_layer,
         hook=file_hook,
     )
+    center, centring_defaults = _centring(cfg, metadata, cfg_path, legacy=legacy)
+    defaulted += centring_defaults
     tensors = _read_safetensors(weights_path)
     saex_names = sorted(_SAEX_ONLY_TENSORS & set(tensors))
     if saex_names:
@@ -448,14 +553,23 @@ def load_saelens(
         W_enc=W_enc, b_enc=b_enc,
         W_dec=_take(tensors, "W_dec", weights_path), b_dec=_take(tensors, "b_dec", weights_path),
         threshold=threshold, mag_scale=mag_scale, b_mag=b_mag, architecture=architecture, k=k,
-        apply_b_dec_to_input=cfg.apply_b_dec_to_input,
+        apply_b_dec_to_input=cfg.apply_b_dec_to_input, center_input=center,
     )
     if W_enc.ndim == 2:
         for key, actual in (("d_in", params.d_model), ("d_sae", params.d_sae)):
             if getattr(cfg, key) is not None and getattr(cfg, key) != actual:
                 raise InputError(f"{cfg_path}: {key}={getattr(cfg, key)} but W_enc has shape {tuple(W_enc.shape)}")
+        if cfg.expansion_factor is not None and cfg.expansion_factor * params.d_model != params.d_sae:
+            raise InputError(f"{cfg_path}: expansion_factor={cfg.expansion_factor} but W_enc has shape "
+                             f"{tuple(W_enc.shape)}")
     meta = _merge_meta(found, dict(model_name=model_name, layer=layer, hook=hook), path, sources={"layer": "cfg"})
-    return _finish(params, path, "saelens", meta, tensors, cfg.ignored_fields(), tensor_file=weights_path)
+    params, info = _finish(params, path, "saelens", meta, tensors, cfg.ignored_fields(), tensor_file=weights_path)
+    prepend_bos = _one_of(cfg, metadata, "prepend_bos", cfg_path)
+    if prepend_bos is None and pre_6:  # SAELens' handle_pre_6_0_config: setdefault("prepend_bos", True)
+        prepend_bos = True
+        defaulted.append("prepend_bos=true (SAELens' default for a pre-6.0 config)")
+    return params, dataclasses.replace(info, center_writing_weights=center, prepend_bos=prepend_bos,
+                                       defaulted_fields=tuple(defaulted))
 
 
 # ---------------------------------------------------------------- Gemma Scope
@@ -496,9 +610,30 @@ def load_gemma_scope(
         W_dec=_take(tensors, "W_dec", path), b_dec=_take(tensors, "b_dec", path),
         threshold=_take(tensors, "threshold", path), architecture="jumprelu", apply_b_dec_to_input=False,
     )
-    found, sources = _file_meta(path, depth=3)
+    found, sources = _file_meta(path, ("repository", {"hook": gemma_scope_hook(path)}), depth=3)
     meta = _merge_meta(found, dict(model_name=model_name, layer=layer, hook=hook), path, sources=sources)
     return _finish(params, path, "gemma_scope", meta, tensors)
+
+
+# Gemma Scope repositories (google/gemma-scope-<model>-<site>, as the HF cache names them) -> the hook they read.
+_GEMMA_SCOPE_REPO = re.compile(r"gemma-scope-[\w.-]*?-(res|mlp|att|transcoders)(?:-canonical)?$")
+_GEMMA_SCOPE_SITES = {"res": "resid_post", "mlp": "mlp_out"}
+
+
+def gemma_scope_hook(path: Path) -> str | None:
+    """The hook a Gemma Scope file reads, from its repository's name in the path (…-res: the residual after the block,
+    …-mlp: the MLP's post-normed output); None when the path names no repository. Attention (-att: the heads' outputs
+    before o_proj) and transcoders read points this harness does not capture: refused in one line."""
+    for part in [p.name for p in path.parents]:
+        name = part.removeprefix("models--").replace("--", "/").rpartition("/")[2]
+        match = _GEMMA_SCOPE_REPO.search(name)
+        if match is None:
+            continue
+        if match[1] not in _GEMMA_SCOPE_SITES:
+            raise InputError(f"{path}: a Gemma Scope {match[1]!r} SAE ({part}) reads a point this harness does not "
+                             f"capture; expected a -res (resid_post) or -mlp (mlp_out) release")
+        return _GEMMA_SCOPE_SITES[match[1]]
+    return None
 
 
 # ---------------------------------------------------------------- harness-native
@@ -530,6 +665,8 @@ def save_sae(path: str | Path, params: SAEParams, meta: SAEMeta, card: dict, *, 
         "meta": {"model_name": meta.model_name, "layer": meta.layer, "hook": meta.hook},
         "card": card,
     }
+    if params.center_input:  # written only when set: files of SAEs that read the plain residual stay as they were
+        settings["center_input"] = True
     try:
         text = json.dumps(settings, indent=2, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as err:
@@ -564,6 +701,7 @@ class NativeSettings(Schema):
     norm_factor: PositiveFloat
     out_norm_factor: PositiveFloat
     apply_b_dec_to_input: StrictBool
+    center_input: StrictBool = False
     meta: NativeMeta
     card: dict
 
@@ -593,11 +731,12 @@ def load_sae(
         threshold=_take_optional(tensors, "threshold"), mag_scale=_take_optional(tensors, "mag_scale"),
         b_mag=_take_optional(tensors, "b_mag"), architecture=settings["architecture"], k=settings["k"],
         norm_factor=settings["norm_factor"], out_norm_factor=settings["out_norm_factor"],
-        apply_b_dec_to_input=settings["apply_b_dec_to_input"],
+        apply_b_dec_to_input=settings["apply_b_dec_to_input"], center_input=settings["center_input"],
     )
     found = {k: v for k, v in settings["meta"].items() if v is not None}
     meta = _merge_meta(found, dict(model_name=model_name, layer=layer, hook=hook), path, sources={"layer": "cfg"})
-    return _finish(params, path, "native", meta, tensors, tensor_file=weights_path)
+    params, info = _finish(params, path, "native", meta, tensors, tensor_file=weights_path)
+    return params, (dataclasses.replace(info, center_writing_weights=True) if params.center_input else info)
 
 
 # ---------------------------------------------------------------- dispatch

@@ -156,8 +156,13 @@ def quality_from_arrays(x, x_hat, f, *, ce_loss_recovered: float | None = None) 
 
 def measure_quality(params: SAEParams, x, *, ce_loss_recovered: float | None = None,
                     chunk: int = 4096) -> SAEQuality:
-    """Run the SAE over x [token, d_model] in chunks of ``chunk`` tokens and measure its quality."""
+    """Run the SAE over x [token, d_model] in chunks of ``chunk`` tokens and measure its quality.
+
+    An SAE that reads a centred residual (``center_input``) is measured in that space, x minus its mean over d_model
+    against decode(f), as SAELens measures it on TransformerLens' centred residual."""
     x = _as_matrix(x, "x", width=params.d_model)
+    if params.center_input:
+        x = x - x.mean(axis=1, keepdims=True)
     fs, x_hats = [], []
     for start in range(0, x.shape[0], chunk):
         f = encode(params, x[start:start + chunk].astype(np.float32))

@@ -10,13 +10,24 @@ Axis order (documented once, used everywhere in ``harness.sae``):
 
 The forward pass, with n = norm_factor and m = out_norm_factor (both 1 unless the SAE was trained
 on rescaled activations, as saex and our own trainer do):
-    x'  = x·n − b_dec·[apply_b_dec_to_input]
+    x_c = x − mean_d(x)·[center_input]                       (``centred``: the SAE's view of x)
+    x'  = x_c·n − b_dec·[apply_b_dec_to_input]
     pre = x'·W_enc + b_enc                                   (``pre_activations``)
     f   = relu:     relu(pre)·mag_scale                      (mag_scale = 1 when absent)
           jumprelu: pre·[pre > threshold]  (with pre > 0)
           gated:    [pre > 0] · relu(x'·W_enc·mag_scale + b_mag)
           topk:     relu of the k largest entries of pre, 0 elsewhere
-    x̂   = (f·W_dec + b_dec) / m                              (``decode``)
+    x̂   = (f·W_dec + b_dec) / m                              (``decode``, in the SAE's space)
+    reconstruct(x) = x̂ + mean_d(x)·[center_input]           (back in the model's space, for splicing)
+
+``center_input`` is SAELens' ``model_from_pretrained_kwargs.center_writing_weights`` on a LayerNorm model: the SAE
+was trained on TransformerLens' residual with the writing weights centred (W_E, W_pos, W_O, b_O, W_out, b_out each
+minus its mean over d_model). Every write to the residual stream then has zero mean over d_model, so TransformerLens'
+residual (and hook_attn_out / hook_mlp_out) is the plain one minus its mean over d_model at each position, and
+LayerNorm, blind to that mean, computes the same outputs. TransformerLens skips the centring on RMSNorm models, and so
+does ``for_model``. The decoder reading (``decoder_projection``) reads x_c too; ``reconstruct`` adds the removed mean
+back, so a spliced reconstruction differs from x by exactly the SAE's error x_c − x̂ (a LayerNorm model's logits do
+not see the mean either way).
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ class SAEParams:
     norm_factor: float = 1.0
     out_norm_factor: float = 1.0
     apply_b_dec_to_input: bool = False
+    center_input: bool = False  # subtract x's mean over d_model first (module docstring; SAEMeta says why)
 
     @property
     def d_model(self) -> int:
@@ -69,7 +81,7 @@ class SAEParams:
 jax.tree_util.register_dataclass(
     SAEParams,
     data_fields=["W_enc", "b_enc", "W_dec", "b_dec", "threshold", "mag_scale", "b_mag"],
-    meta_fields=["architecture", "k", "norm_factor", "out_norm_factor", "apply_b_dec_to_input"],
+    meta_fields=["architecture", "k", "norm_factor", "out_norm_factor", "apply_b_dec_to_input", "center_input"],
 )
 
 
@@ -90,6 +102,10 @@ class SAEMeta:
     ignored: tuple[str, ...] = ()  # tensors in the file that the reader did not use, reported not dropped
     layer_source: str | None = None  # where `layer` came from: "option", "name", "sidecar" or "cfg"
     ignored_fields: tuple[str, ...] = ()  # config keys that do not change the maths, listed for the report
+    # what the SAE read in training, as the file states it or as its format's own loader defaults it (None: not said)
+    center_writing_weights: bool | None = None  # TransformerLens' centred residual (SAEParams.center_input)
+    prepend_bos: bool | None = None  # every training context began with the tokenizer's BOS
+    defaulted_fields: tuple[str, ...] = ()  # "key=value (why)" for each setting the file left out and a default filled
 
 
 @jax.jit
@@ -169,6 +185,59 @@ def check_compatible(
         raise InputError(f"{meta.source}: SAE was trained on model {meta.model_name!r}, asked to use it on {model_name!r}")
 
 
+def for_model(params: SAEParams, meta: SAEMeta, *, norm: str) -> tuple[SAEParams, str | None]:
+    """The SAE as it reads a model whose blocks use ``norm`` ("layer" or "rms"), and a line for the report (None when
+    there is nothing to say).
+
+    An SAE trained on TransformerLens' centred residual (center_writing_weights) centres its input on a LayerNorm model;
+    on an RMSNorm model TransformerLens leaves the weights uncentred (its process_weights centres only for LN/LNPre
+    normalisation, and warns), so the residual the SAE saw was the plain one: centring is switched off, as there.
+    """
+    if not meta.center_writing_weights and not params.center_input:
+        return params, None
+    if norm == "layer":
+        params = params if params.center_input else dataclasses.replace(params, center_input=True)
+        return params, ("center_writing_weights=true: the SAE read TransformerLens' centred residual, so each "
+                        "activation is read minus its mean over d_model (LayerNorm model: the same forward)")
+    return (dataclasses.replace(params, center_input=False),
+            f"center_writing_weights=true ignored: a {norm!r}-norm model, whose writing weights TransformerLens does "
+            "not centre (LayerNorm only), so the SAE read the plain residual")
+
+
+def bos_for_sae(meta: SAEMeta, *, add_bos: bool, bos_token: str | None) -> tuple[bool, str | None]:
+    """(whether the run must prepend BOS for this SAE, a line for the report or None), given whether the model's
+    tokenizer adds BOS itself and its BOS token.
+
+    SAELens' prepend_bos=true means TransformerLens began every training context with the tokenizer's BOS (SAELens'
+    activations store: begin_batch_token_id = bos_token_id); Hugging Face's GPT-2 tokenizer adds none, so the run
+    prepends it. An SAE trained without BOS on a tokenizer that adds one is reported, not changed: the model's own
+    input format wins and the reader learns that the SAE never saw that token.
+    """
+    if meta.prepend_bos is None:
+        return False, None
+    if meta.prepend_bos and not add_bos:
+        if bos_token is None:
+            return False, ("the SAE was trained with prepend_bos=true but the tokenizer has no BOS token: prompts run "
+                           "without one")
+        return True, (f"the SAE was trained with prepend_bos=true (TransformerLens prepends BOS) and the tokenizer adds "
+                      f"none: every prompt of this run starts with {bos_token!r}")
+    if not meta.prepend_bos and add_bos:
+        return False, (f"the SAE was trained with prepend_bos=false but the tokenizer adds {bos_token!r}: every prompt "
+                       "of this run starts with a BOS the SAE never saw (kept: the model's own input format)")
+    return False, None
+
+
+def checkpoint_for_sae(checkpoint, meta: SAEMeta):
+    """(the checkpoint whose tokenizer prompts as the SAE was trained, the report's line or None): ``checkpoint``
+    itself unless ``bos_for_sae`` says to prepend BOS, then a copy whose tokenizer adds it (harness.model.tokenizer
+    .ChatTokenizer.add_bos; every prompt is built through its encode)."""
+    tok = checkpoint.tokenizer
+    prepend, note = bos_for_sae(meta, add_bos=tok.add_bos, bos_token=tok.bos_token)
+    if prepend:
+        checkpoint = dataclasses.replace(checkpoint, tokenizer=dataclasses.replace(tok, add_bos=True))
+    return checkpoint, note
+
+
 def check_features(params: SAEParams, features: int | Sequence[int] | np.ndarray) -> np.ndarray:
     """Return ``features`` as an int array after checking every index lies in [0, d_sae)."""
     idx = np.asarray(features)
@@ -191,9 +260,15 @@ def _check_input(x, *, width: int, width_name: str, name: str) -> jax.Array:
     return x
 
 
+def centred(params: SAEParams, x) -> jax.Array:
+    """x_c: x in float32, minus its mean over d_model when the SAE reads a centred residual (``center_input``)."""
+    x = jnp.asarray(x).astype(jnp.float32)
+    return x - jnp.mean(x, axis=-1, keepdims=True) if params.center_input else x
+
+
 def _sae_input(params: SAEParams, x: jax.Array) -> jax.Array:
-    """x' = x·norm_factor − b_dec (if the SAE subtracts it), in float32."""
-    x = x.astype(jnp.float32) * params.norm_factor
+    """x' = x_c·norm_factor − b_dec (if the SAE subtracts it), in float32."""
+    x = centred(params, x) * params.norm_factor
     if params.apply_b_dec_to_input:
         x = x - params.b_dec
     return x
@@ -251,12 +326,17 @@ def decode(params: SAEParams, f, *, name: str = "f") -> jax.Array:
 
 
 def reconstruct(params: SAEParams, x, *, name: str = "x") -> jax.Array:
-    """decode(encode(x)): the SAE's reconstruction of x, same shape as x."""
-    return decode(params, encode(params, x, name=name), name=f"features of {name}")
+    """decode(encode(x)) in the model's space: the SAE's reconstruction of x, same shape as x, with the mean that
+    ``centred`` removed added back (so x − reconstruct(x) is the SAE's own error x_c − x̂)."""
+    x_hat = decode(params, encode(params, x, name=name), name=f"features of {name}")
+    if params.center_input:
+        x_hat = x_hat + jnp.mean(jnp.asarray(x).astype(jnp.float32), axis=-1, keepdims=True)
+    return x_hat
 
 
 def decoder_projection(params: SAEParams, x, features=None, *, name: str = "x") -> jax.Array:
-    """The original work's feature reading: x·W_dec[f] on the raw, un-normalised residual.
+    """The original work's feature reading: x·W_dec[f] on the raw, un-normalised residual (x_c for an SAE that reads
+    a centred residual: the decoder rows live in that space).
 
     No bias, no nonlinearity, no norm_factor (micrlhf dots the captured residual with decoder rows).
     Returns [..., d_sae], or [..., len(features)] when ``features`` selects some.
@@ -265,4 +345,4 @@ def decoder_projection(params: SAEParams, x, features=None, *, name: str = "x") 
     W_dec = params.W_dec
     if features is not None:
         W_dec = W_dec[jnp.asarray(check_features(params, features))]
-    return x.astype(jnp.float32) @ W_dec.T
+    return centred(params, x) @ W_dec.T

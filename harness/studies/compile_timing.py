@@ -21,26 +21,65 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from penzai import pz
-from penzai.models.transformer.variants import llamalike_common as llamalike
 
 from harness.errors import InputError
 from harness.model.capture import BATCH, SEQ, VOCAB
-from harness.model.config import ModelConfig
-from harness.model.forms import Form, assemble, penzai_config, split_params
+from harness.model.config import ModelConfig, RopeScaling
+from harness.model.forms import LAYER_AXIS, Form, assemble, block_param_table, global_param_axes
 from harness.runs import compile_cache
 
 # SmolLM2-135M-Instruct (the default profile's model): 9 query heads sharing 3 KV heads, tied embeddings.
 SMOLLM2_SHAPE = ModelConfig(
     architecture="llama", d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64, d_ffn=1536,
-    vocab_size=49152, rope_base=100000.0, rms_norm_eps=1e-5, tie_embeddings=True, max_context=8192,
+    vocab_size=49152, rope_base=100000.0, norm_eps=1e-5, tie_embeddings=True, max_context=8192,
 )
 # Phi-3-mini-4k-instruct (the original work's model), as its Hugging Face config.json gives it.
 PHI3_MINI_SHAPE = ModelConfig(
     architecture="phi3", d_model=3072, n_layers=32, n_heads=32, n_kv_heads=32, head_dim=96, d_ffn=8192,
-    vocab_size=32064, rope_base=10000.0, rms_norm_eps=1e-5, tie_embeddings=False, max_context=4096,
+    vocab_size=32064, rope_base=10000.0, norm_eps=1e-5, tie_embeddings=False, max_context=4096,
     sliding_window=2047,
 )
-SHAPES: dict[str, ModelConfig] = {"smollm2-135m": SMOLLM2_SHAPE, "phi3-mini": PHI3_MINI_SHAPE}
+
+
+def _pattern(period: int, n: int) -> tuple[str, ...]:
+    """transformers' Gemma layer_types: every `period`-th layer full attention, the others sliding."""
+    return tuple("full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(n))
+
+
+# The real shapes of the families' best-known checkpoints (their Hugging Face config.json), for C5 and memory figures.
+FAMILY_SHAPES: dict[str, ModelConfig] = {
+    "gemma2-2b": ModelConfig(
+        architecture="gemma2", d_model=2304, n_layers=26, n_heads=8, n_kv_heads=4, head_dim=256, d_ffn=9216,
+        vocab_size=256000, rope_base=10000.0, norm_eps=1e-6, tie_embeddings=True, max_context=8192,
+        sliding_window=4096, layer_types=_pattern(2, 26), norm_offset=1.0, mlp="geglu_tanh", post_norms=True,
+        query_scale=256 ** -0.5, attn_softcap=50.0, final_softcap=30.0, embed_scale=2304 ** 0.5),
+    "gemma3-270m": ModelConfig(
+        architecture="gemma3", d_model=640, n_layers=18, n_heads=4, n_kv_heads=1, head_dim=256, d_ffn=2048,
+        vocab_size=262144, rope_base=1e6, local_rope_base=1e4, norm_eps=1e-6, tie_embeddings=True, max_context=32768,
+        sliding_window=512, layer_types=_pattern(6, 18), norm_offset=1.0, mlp="geglu_tanh", post_norms=True,
+        qk_norm=True, query_scale=256 ** -0.5, embed_scale=640 ** 0.5),
+    "gpt2-small": ModelConfig(
+        architecture="gpt2", d_model=768, n_layers=12, n_heads=12, n_kv_heads=12, head_dim=64, d_ffn=3072,
+        vocab_size=50257, rope_base=10000.0, norm_eps=1e-5, tie_embeddings=True, max_context=1024, norm="layer",
+        mlp="gelu_tanh", attention_bias=True, output_bias=True, mlp_bias=True, positions="learned"),
+    "pythia-70m": ModelConfig(
+        architecture="gpt_neox", d_model=512, n_layers=6, n_heads=8, n_kv_heads=8, head_dim=64, d_ffn=2048,
+        vocab_size=50304, rope_base=10000.0, norm_eps=1e-5, tie_embeddings=False, max_context=2048, norm="layer",
+        mlp="gelu", attention_bias=True, output_bias=True, mlp_bias=True, rotary_dim=16, parallel_residual=True),
+    "qwen2.5-0.5b": ModelConfig(
+        architecture="qwen2", d_model=896, n_layers=24, n_heads=14, n_kv_heads=2, head_dim=64, d_ffn=4864,
+        vocab_size=151936, rope_base=1e6, norm_eps=1e-6, tie_embeddings=True, max_context=32768, attention_bias=True),
+    "mistral-7b": ModelConfig(
+        architecture="mistral", d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128, d_ffn=14336,
+        vocab_size=32000, rope_base=10000.0, norm_eps=1e-5, tie_embeddings=False, max_context=32768,
+        sliding_window=4096),
+    "llama-3.1-8b": ModelConfig(
+        architecture="llama", d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128, d_ffn=14336,
+        vocab_size=128256, rope_base=500000.0, norm_eps=1e-5, tie_embeddings=False, max_context=131072,
+        rope_scaling=RopeScaling(kind="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                 original_max=8192)),
+}
+SHAPES: dict[str, ModelConfig] = {"smollm2-135m": SMOLLM2_SHAPE, "phi3-mini": PHI3_MINI_SHAPE, **FAMILY_SHAPES}
 
 _WHILE_OP = re.compile(r"\bstablehlo\.while\b")
 
@@ -51,17 +90,10 @@ def shape_named(name: str, *, n_layers: int) -> ModelConfig:
         raise InputError(f"model shape {name!r}: expected one of {sorted(SHAPES)}")
     if n_layers < 1:
         raise InputError(f"n_layers={n_layers}: expected at least 1 decoder block")
-    return dataclasses.replace(SHAPES[name], n_layers=n_layers)
-
-
-def _init_params(config: ModelConfig, seed: int, param_dtype) -> tuple[dict, dict]:
-    """(global params, block params stacked along LAYER_AXIS) from penzai's own random initialiser."""
-    skeleton = llamalike.build_llamalike_transformer(
-        penzai_config(config, form=Form.LAYERSTACK, param_dtype=param_dtype),
-        init_base_rng=jax.random.key(seed),
-        name="transformer",
-    )
-    return split_params(skeleton)
+    shape = SHAPES[name]
+    types = shape.layer_types  # the family's local/global pattern, continued to the new depth
+    return dataclasses.replace(shape, n_layers=n_layers,
+                               layer_types=None if types is None else tuple(types[i % len(types)] for i in range(n_layers)))
 
 
 def random_params(config: ModelConfig, *, seed: int = 0, param_dtype=jnp.float32) -> tuple[dict, dict]:
@@ -89,7 +121,12 @@ def random_params(config: ModelConfig, *, seed: int = 0, param_dtype=jnp.float32
 
 def abstract_params(config: ModelConfig, *, param_dtype=jnp.float32) -> tuple[dict, dict]:
     """(global, stacked block) params whose leaves are jax.ShapeDtypeStruct: shapes only, no memory."""
-    return jax.eval_shape(lambda: _init_params(config, 0, param_dtype))
+    def zeros(axes: dict[str, int]) -> pz.nx.NamedArray:
+        return pz.nx.wrap(jnp.zeros(tuple(axes.values()), param_dtype)).tag(*axes)
+
+    blocks = {label: {LAYER_AXIS: config.n_layers, **axes} for label, (_, axes) in block_param_table(config).items()}
+    return jax.eval_shape(lambda: ({k: zeros(a) for k, a in global_param_axes(config).items()},
+                                   {k: zeros(a) for k, a in blocks.items()}))
 
 
 def model_in_form(config: ModelConfig, params: tuple[dict, dict], form: Form | str):
@@ -269,6 +306,14 @@ class Measurements:
         self.shape, self.batch, self.seq = shape, batch, seq
         self._timings: dict[tuple[Form, int], CompileTiming] = {}
         self._forward: dict[tuple[Form, int], list[float]] = {}
+        self._others: dict[str, Measurements] = {}
+
+    def of(self, shape: str | None) -> "Measurements":
+        """The measurements of another shape (same batch and sequence), kept beside these; None or this shape: self."""
+        if shape is None or shape == self.shape:
+            return self
+        shape_named(shape, n_layers=1)  # a one-line InputError for an unknown shape
+        return self._others.setdefault(shape, Measurements(shape=shape, batch=self.batch, seq=self.seq))
 
     def timing(self, form: Form | str, n_layers: int, *, repeats: int = 1) -> CompileTiming:
         """Lower+compile timing with at least `repeats` fresh rounds (a later call asking more re-measures)."""

@@ -65,7 +65,11 @@ def contrast_vector(resid, answers) -> np.ndarray:
 def pursuit_features(resid, answers, params: SAEParams, *, k: int = PURSUIT_K) -> tuple[int, ...]:
     """The atoms gradient pursuit (k steps, argmax g) picks for the contrast vector, by |weight|, largest first.
 
-    The decoder goes in as the SAE holds it (float32; np.asarray of a CPU jax array is a view, not a copy)."""
+    The decoder goes in as the SAE holds it (float32; np.asarray of a CPU jax array is a view, not a copy); an SAE that
+    reads a centred residual (``center_input``) gets the contrast of the centred residuals, the space of its rows."""
+    if params.center_input:
+        resid = np.asarray(resid, dtype=np.float64)
+        resid = resid - resid.mean(axis=-1, keepdims=True)
     result = gradient_pursuit(contrast_vector(resid, answers), np.asarray(params.W_dec), k=k, select="max")
     nonzero = [f for f in result.top(len(result.support)) if result.weights[f] != 0]
     return tuple(nonzero)

@@ -66,7 +66,7 @@ def variant_context(tokenizer, question: MCQuestion, variant: LetterVariant) -> 
     """The chat-rendered prompt of one variant, ending where the letter is to be predicted."""
     listed = "\n".join(variant.label.format(letter=l, choice=c) for l, c in zip(LETTERS, question.choices))
     user = f"{question.question}\nChoices:\n{listed}"
-    return tokenizer.render_chat([{"role": "user", "content": user}], add_generation_prompt=True) + variant.prefix
+    return formats.user_turn(tokenizer, user) + variant.prefix
 
 
 def letter_reading(tokenizer, context: str, variant: LetterVariant, *, where: str = "") -> formats.LetterContinuations:
