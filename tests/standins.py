@@ -8,6 +8,9 @@ What a researcher brings for the phi3-mini profile, in miniature (tiny widths, t
   phi3_gguf             the same weights as an F16 GGUF with llama.cpp's phi3 tensor names and metadata keys;
   saex_sae_file / saex_sae_hub  a saex gated SAE, as a bare .safetensors and as saex's <name>/cfg.json +
                         <name>/sae_weights.safetensors upload;
+  gpt2_res_jb_folder    a SAELens gpt2-small-res-jb folder as jbloom/GPT2-Small-SAEs-Reformatted holds it
+                        (blocks.<L>.hook_resid_pre/ cfg.json in the SAELens < 2.0 layout, sae_weights.safetensors,
+                        sparsity.safetensors);
   hendrycks_val         a Hendrycks data/val folder of header-less <subject>_val.csv files.
 Every builder takes a folder and returns the path(s) it wrote. The facts each follows are cited where used;
 none is taken from the harness's own readers (the tests then check that the harness reads them).
@@ -351,6 +354,58 @@ def saex_sae_hub(directory, d_model: int = TINY["hidden_size"], d_sae: int = 49_
     folder.mkdir(parents=True, exist_ok=True)
     save_file(saex_tensors(d_model, d_sae, seed=seed), str(folder / "sae_weights.safetensors"))
     (folder / "cfg.json").write_text(json.dumps(saex_cfg(d_model, d_sae), indent=2))
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------- SAELens gpt2-small-res-jb
+
+GPT2_RES_JB_REPO = "jbloom/GPT2-Small-SAEs-Reformatted"  # SAELens' release gpt2-small-res-jb (pretrained_saes.yaml)
+
+
+def gpt2_res_jb_cfg(layer: int, d_in: int = 768, d_sae: int = 24_576) -> dict:
+    """cfg.json of GPT2_RES_JB_REPO's blocks.<layer>.hook_resid_pre as the repository holds it: the mats_sae_training
+    run's config (SAELens < 2.0 layout: hook_point, hook_point_layer, expansion_factor; no architecture,
+    activation_fn_str, SAELens version, prepend_bos or model_from_pretrained_kwargs).
+
+    Keys and values: SAELens' own test of this file (SAELens 5.x tests/unit/toolkit/test_pretrained_sae_loaders.py,
+    test_get_sae_config_sae_lens, which reads it with device left as stored: "mps"), less the keys SAELens'
+    handle_config_defaulting and the release's config_overrides add (activation_fn_str, apply_b_dec_to_input,
+    architecture, dataset_trust_remote_code, finetuning_scaling_factor, model_from_pretrained_kwargs, neuronpedia_id,
+    normalize_activations, prepend_bos, sae_lens_training_version); layer 0's run values, the layer and widths given."""
+    if d_sae % d_in:
+        raise ValueError(f"d_sae {d_sae} is not a multiple of d_in {d_in}")
+    hook = f"blocks.{layer}.hook_resid_pre"
+    return {
+        "model_name": "gpt2-small", "hook_point": hook, "hook_point_layer": layer, "hook_point_head_index": None,
+        "dataset_path": "Skylion007/openwebtext", "is_dataset_tokenized": False, "context_size": 128,
+        "use_cached_activations": False, "cached_activations_path": f"activations/Skylion007_openwebtext/gpt2-small/{hook}",
+        "d_in": d_in, "n_batches_in_buffer": 128, "total_training_tokens": 300_000_000, "store_batch_size": 32,
+        "device": "mps", "seed": 42, "dtype": "torch.float32", "b_dec_init_method": "geometric_median",
+        "expansion_factor": d_sae // d_in, "from_pretrained_path": None, "l1_coefficient": 8e-05, "lr": 0.0004,
+        "lr_scheduler_name": None, "lr_warm_up_steps": 5000, "train_batch_size": 4096, "use_ghost_grads": False,
+        "feature_sampling_window": 1000, "feature_sampling_method": None, "resample_batches": 1028,
+        "feature_reinit_scale": 0.2, "dead_feature_window": 5000, "dead_feature_estimation_method": "no_fire",
+        "dead_feature_threshold": 1e-08, "log_to_wandb": True, "wandb_project": "mats_sae_training_gpt2_small_resid_pre_5",
+        "wandb_entity": None, "wandb_log_frequency": 100, "n_checkpoints": 10, "checkpoint_path": "checkpoints/y1t51byy",
+        "d_sae": d_sae, "tokens_per_buffer": 67_108_864,
+        "run_name": f"{d_sae}-L1-8e-05-LR-0.0004-Tokens-3.000e+08",
+    }
+
+
+def gpt2_res_jb_folder(directory, layer: int, tensors: dict[str, np.ndarray], *,
+                       log_sparsity: np.ndarray | None = None) -> pathlib.Path:
+    """<directory>/blocks.<layer>.hook_resid_pre/ as GPT2_RES_JB_REPO holds it: cfg.json (gpt2_res_jb_cfg),
+    sae_weights.safetensors (float32 W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in]: the state
+    dict SAELens' StandardSAE loads and compares with this file in its tests) and sparsity.safetensors ("sparsity":
+    log10 feature density [d_sae], all below 0, which SAELens' loader reads beside them). Returns the folder."""
+    d_in, d_sae = np.shape(tensors["W_enc"])
+    folder = pathlib.Path(directory) / f"blocks.{layer}.hook_resid_pre"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cfg.json").write_text(json.dumps(gpt2_res_jb_cfg(layer, d_in, d_sae)))
+    save_file({k: np.ascontiguousarray(tensors[k], np.float32) for k in ("W_enc", "W_dec", "b_enc", "b_dec")},
+              str(folder / "sae_weights.safetensors"))
+    sparsity = np.full(d_sae, -3.0) if log_sparsity is None else log_sparsity
+    save_file({"sparsity": np.ascontiguousarray(sparsity, np.float32)}, str(folder / "sparsity.safetensors"))
     return folder
 
 

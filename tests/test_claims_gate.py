@@ -276,3 +276,42 @@ def test_picks_changed_are_counted_over_the_questions_both_runs_scored():
     got = against_float32(results, picks, reference)
     assert got["runs"] == {"mmlu/letter": {"n": 3, "changed": 1, "share": 1 / 3}}
     assert got["claims"]["X"]["float32"]["outcome"] == "holds" and got["claims"]["X"]["this"]["value"] == 0.25
+
+
+ANY_CLAIM = """
+[[claim]]
+id = "C-any"
+sentence = "A claim on every profile."
+profile = "any"
+measure = "while_loops"
+args = {{ form = "scan", n_layers = 2 }}
+statistic = "exact"
+op = "=="
+expected = 1
+recorded = "inconclusive"
+{recorded_on}
+source = "a test"
+"""
+
+
+def test_an_any_claim_records_its_outcome_per_profile(tmp_path):
+    from harness.claims.registry import load_registry, of_profile
+
+    path = tmp_path / "claims.toml"
+    path.write_text(ANY_CLAIM.format(recorded_on='recorded_on = { "gemma3-270m" = "holds" }'))
+    claims = load_registry(path)
+    assert of_profile(claims, "gemma3-270m")[0].recorded is Outcome.HOLDS
+    assert of_profile(claims, "smollm2-default")[0].recorded is Outcome.INCONCLUSIVE
+
+
+@pytest.mark.parametrize(("recorded_on", "message"), [
+    ('recorded_on = { "gemma3-270m" = "maybe" }', "recorded_on.gemma3-270m 'maybe', expected one of"),
+    ('recorded_on = "holds"', "field 'recorded_on' must be a table of profile = outcome"),
+])
+def test_a_bad_per_profile_outcome_is_one_line(tmp_path, recorded_on, message):
+    from harness.claims.registry import load_registry
+
+    path = tmp_path / "claims.toml"
+    path.write_text(ANY_CLAIM.format(recorded_on=recorded_on))
+    with pytest.raises(InputError, match=message):
+        load_registry(path)

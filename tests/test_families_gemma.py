@@ -242,6 +242,19 @@ def _our_view(raw: dict) -> dict:
                 factor=c.rope_scaling.factor if c.rope_scaling else None, eps=c.norm_eps, max_context=c.max_context)
 
 
+# google/gemma-3-1b-pt's config.json (written by transformers 4.50: hub-style RoPE keys, sliding_window_pattern).
+GEMMA3_1B = {
+    "architectures": ["Gemma3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "attn_logit_softcapping": None, "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": 1,
+    "final_logit_softcapping": None, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 1152,
+    "initializer_range": 0.02, "intermediate_size": 6912, "max_position_embeddings": 32768, "model_type": "gemma3_text",
+    "num_attention_heads": 4, "num_hidden_layers": 26, "num_key_value_heads": 1, "pad_token_id": 0,
+    "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000, "rope_scaling": None,
+    "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6, "torch_dtype": "bfloat16",
+    "transformers_version": "4.50.0.dev0", "use_cache": True, "vocab_size": 262144,
+}
+
+
 def _without(raw: dict, *keys) -> dict:
     return {k: v for k, v in raw.items() if k not in keys}
 
@@ -261,6 +274,7 @@ def test_gemma_configs_read_as_transformers_reads_them(tmp_path):
         "gemma3 as written": g3,
         "gemma3 scaled as written": _config_json("gemma3_scaled", tmp_path),
         "gemma3 real (Gemma-3-270M)": fs.real_width("gemma3"),
+        "gemma3 hub (Gemma-3-1B, transformers 4.50)": GEMMA3_1B,
         "gemma3 hub-style RoPE keys": hub3,
         "gemma3 rope_theta beside rope_parameters (ignored)": g3 | {"rope_theta": 123.0, "rope_local_base_freq": 7.0},
         "gemma3 pattern 3": _without(g3, "layer_types") | {"sliding_window_pattern": 3},

@@ -76,7 +76,7 @@ def test_a_folder_with_only_claims_and_a_conftest_measure_is_gated(own, pytester
     first = own(registry, "--profile", "mine", "--regen-all")
     first.assert_outcomes(passed=1)
     first.stdout.fnmatch_lines(["claims: registry *claims.toml, profile mine; profiles found: smollm2-default "
-                                "(built-in), phi3-mini (built-in), mine (*claims.toml)",
+                                "(built-in), phi3-mini (built-in), gemma3-270m (built-in), mine (*claims.toml)",
                                 "*own-share*0.5*holds*"])
     baseline = pytester.path / "evals" / "baselines" / "mine" / "own-share.csv"
     assert baseline.exists() and (pytester.path / "reports" / "mine" / "claims.json").exists()
@@ -130,7 +130,7 @@ def test_an_unknown_or_clashing_profile_lists_those_found(own):
     result = own(PROFILE + CLAIM.format(id="x", profile="mine", measure="share_keyed_a"), "--profile", "theirs")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --profile 'theirs': expected one of smollm2-default (built-in), phi3-mini "
-                                 "(built-in), mine (*claims.toml)"])
+                                 "(built-in), gemma3-270m (built-in), mine (*claims.toml)*"])
     clash = own(PROFILE.replace('"mine"', '"phi3-mini"'))
     assert clash.ret == pytest.ExitCode.USAGE_ERROR
     clash.stderr.fnmatch_lines(["ERROR: *claims.toml: profile 'phi3-mini' is a built-in profile*another name"])

@@ -242,7 +242,10 @@ def test_saelens_cfg_values_are_typed_and_every_tensor_used(tmp_path):
     assert meta.layer_source == "cfg" and {"dtype", "device"} <= set(meta.ignored_fields)
     for change, fragment in [({"apply_b_dec_to_input": "false"}, "field apply_b_dec_to_input = 'false'"),
                              ({"d_sae": True}, "field d_sae = True"),
-                             ({"architecture": None}, "neither architecture nor activation_fn_str"),
+                             # a SAELens 6 metadata block without an architecture: SAELens 6 always writes one, and
+                             # its pre-6.0 defaulting would drop the metadata; only SAELens < 3.0's layout defaults
+                             ({"architecture": None}, ("neither architecture nor activation_fn_str is given, and the "
+                                                       "config is not SAELens < 3.0's layout")),
                              ({"architecture": "standard"}, "tensor(s) threshold not used by the saelens reader")]:
         (folder / "cfg.json").write_text(json.dumps(cfg | change))
         with pytest.raises(InputError) as err:
@@ -267,6 +270,176 @@ def test_saelens_refuses_activation_normalisation(tmp_path):
                                _new_style("standard", normalize_activations="expected_average_only_in"))
     with pytest.raises(InputError, match=r"cfg\.json: normalize_activations='expected_average_only_in'"):
         load_any(folder)
+
+
+# ---- SAELens: jbloom's gpt2-small-res-jb, model_from_pretrained_kwargs, prepend_bos ------------------------------------
+
+
+def _jb_release(root, *, layer=8, seed=13):
+    """jbloom/GPT2-Small-SAEs-Reformatted's layout (tests/standins.py): blocks.<L>.hook_resid_pre/ with the SAELens
+    < 2.0 cfg.json (no architecture, no activation_fn_str), sae_weights.safetensors and sparsity.safetensors."""
+    from standins import gpt2_res_jb_folder
+
+    t = _f64(_f32(_random_core(np.random.default_rng(seed))))
+    return gpt2_res_jb_folder(root / "gpt2-small-res-jb", layer, t), t
+
+
+def _defaulted_keys(meta):
+    return {entry.split("=", 1)[0] for entry in meta.defaulted_fields}
+
+
+def test_gpt2_res_jb_original_layout_reads_as_saelens_reads_it(tmp_path, x):
+    """SAELens' pretrained loader defaults this config (handle_pre_6_0_config) to a standard ReLU SAE subtracting b_dec,
+    trained with BOS prepended; the release's registry entry adds center_writing_weights=true, which the reader infers
+    from the layout (mats_sae_training trained through HookedTransformer.from_pretrained, centring by default). Every
+    default is listed; the run settings are ignored fields; the SAE reads x minus its mean over d_model."""
+    folder, t = _jb_release(tmp_path)
+    params, meta = load_any(folder)
+    assert (meta.format, meta.model_name, meta.layer, meta.hook, meta.layer_source) == (
+        "saelens", "gpt2-small", 8, "resid_pre", "cfg")
+    assert (params.architecture, params.apply_b_dec_to_input, params.center_input) == ("relu", True, True)
+    assert (meta.center_writing_weights, meta.prepend_bos) == (True, True)
+    assert _defaulted_keys(meta) == {"architecture", "activation_fn", "apply_b_dec_to_input", "prepend_bos",
+                                     "model_from_pretrained_kwargs.center_writing_weights"}
+    assert {"device", "dtype", "l1_coefficient", "run_name", "wandb_project", "context_size"} <= set(meta.ignored_fields)
+    check_compatible(meta, d_model=D_MODEL, layer=8, hook="resid_pre", model_name="gpt2-small")
+    x_c = x - x.mean(-1, keepdims=True)
+    pre, f, x_hat = ref_saelens({"architecture": "standard"}, t, x_c)
+    np.testing.assert_allclose(np.asarray(pre_activations(params, x)), pre, **TOL)
+    np.testing.assert_allclose(np.asarray(encode(params, x)), f, **TOL)
+    np.testing.assert_allclose(np.asarray(reconstruct(params, x)), x_hat + x.mean(-1, keepdims=True), **TOL)
+    np.testing.assert_allclose(np.asarray(decoder_projection(params, x)), x_c @ t["W_dec"].T, **TOL)
+
+
+def test_a_saelens_6_save_of_the_release_reads_the_same(tmp_path):
+    """The same SAE as SAELens 6 saves it after SAE.from_pretrained("gpt2-small-res-jb", ...): the defaults and the
+    registry's override written out under metadata; nothing left to default."""
+    folder, _ = _jb_release(tmp_path)
+    cfg = {"d_in": D_MODEL, "d_sae": D_SAE, "dtype": "torch.float32", "device": "cpu", "apply_b_dec_to_input": True,
+           "normalize_activations": "none", "reshape_activations": "none", "architecture": "standard",
+           "metadata": {"sae_lens_version": "6.12.1", "sae_lens_training_version": None, "model_name": "gpt2-small",
+                        "hook_name": "blocks.8.hook_resid_pre", "hook_head_index": None, "context_size": 128,
+                        "model_from_pretrained_kwargs": {"center_writing_weights": True},
+                        "neuronpedia_id": "gpt2-small/8-res-jb", "prepend_bos": True,
+                        "dataset_path": "Skylion007/openwebtext"}}
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    (folder / "sparsity.safetensors").unlink()
+    params, meta = load_any(folder)
+    again, legacy = load_any(_jb_release(tmp_path / "b")[0])
+    assert summary_fields(params, meta) == summary_fields(again, legacy)
+    assert meta.defaulted_fields == () and (meta.center_writing_weights, meta.prepend_bos) == (True, True)
+
+
+def summary_fields(params, meta):
+    return (params.architecture, params.apply_b_dec_to_input, params.center_input, meta.model_name, meta.layer,
+            meta.hook, meta.center_writing_weights, meta.prepend_bos)
+
+
+@pytest.mark.parametrize("where,kwargs,centred", [
+    ("top", {"center_writing_weights": True, "fold_ln": True, "n_devices": 2}, True),
+    ("metadata", {"center_writing_weights": False}, False),
+    ("metadata", {}, False),
+    ("metadata", {"fold_ln": True, "center_unembed": True, "fold_value_biases": True,
+                  "refactor_factored_attn_matrices": False, "device": "cuda", "move_to_device": True}, False),
+])
+def test_model_from_pretrained_kwargs_are_read_where_each_layout_keeps_them(tmp_path, where, kwargs, centred):
+    cfg = _pre_6("relu", model_from_pretrained_kwargs=kwargs) if where == "top" else _new_style("standard")
+    if where == "metadata":
+        cfg["metadata"] = cfg["metadata"] | {"model_from_pretrained_kwargs": kwargs}
+    folder, _ = _write_saelens(tmp_path, np.random.default_rng(14), cfg)
+    params, meta = load_any(folder)
+    assert (params.center_input, meta.center_writing_weights) == (centred, centred)
+    assert "model_from_pretrained_kwargs" not in " ".join(meta.defaulted_fields)
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"first_n_layers": 2}, "model_from_pretrained_kwargs.first_n_layers=2 may change the activations"),
+    ({"center_writing_weights": True, "dtype": "bfloat16"}, "model_from_pretrained_kwargs.dtype='bfloat16' may change"),
+    ({"default_prepend_bos": False}, "model_from_pretrained_kwargs.default_prepend_bos=False may change"),
+    ({"center_writing_weights": "true"}, "model_from_pretrained_kwargs.center_writing_weights='true', expected a bool"),
+    ({"n_devices": True}, "model_from_pretrained_kwargs.n_devices=True, expected a int"),
+])
+def test_model_from_pretrained_kwargs_that_may_change_the_residual_are_refused_in_one_line(tmp_path, kwargs, fragment):
+    cfg = _new_style("standard")
+    cfg["metadata"] = cfg["metadata"] | {"model_from_pretrained_kwargs": kwargs}
+    folder, _ = _write_saelens(tmp_path, np.random.default_rng(15), cfg)
+    with pytest.raises(InputError) as err:
+        load_any(folder)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+    cfg = _pre_6("relu", model_from_pretrained_kwargs={"center_writing_weights": True})
+    cfg["metadata"] = {"model_from_pretrained_kwargs": {"center_writing_weights": False}}
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match=r"model_from_pretrained_kwargs=.*but metadata\.model_from_pretrained_kwargs"):
+        load_any(folder)
+
+
+@pytest.mark.parametrize("extra,centred,why", [
+    ({}, False, "not recorded"),  # no version: SAELens' own default, the model loaded without processing
+    ({"sae_lens_version": "6.12.1", "sae_lens_training_version": "6.12.1"}, False, "not recorded"),
+    ({"sae_lens_training_version": "3.19.2"}, False, "not recorded"),  # records the kwargs from here on
+    ({"sae_lens_training_version": "3.5.0"}, True, "trained by SAELens 3.5.0"),  # from_pretrained: centred by default
+])
+def test_an_unrecorded_model_from_pretrained_kwargs_follows_the_saelens_that_trained_it(tmp_path, extra, centred, why):
+    cfg = _new_style("standard")
+    cfg["metadata"] = cfg["metadata"] | extra
+    folder, _ = _write_saelens(tmp_path, np.random.default_rng(16), cfg)
+    params, meta = load_any(folder)
+    assert (params.center_input, meta.center_writing_weights) == (centred, centred)
+    assert any(why in entry for entry in meta.defaulted_fields), meta.defaulted_fields
+
+
+@pytest.mark.parametrize("cfg,prepend,defaulted", [
+    (_new_style("standard"), True, False),
+    (_new_style("standard", metadata={"hook_name": "blocks.3.hook_resid_post", "prepend_bos": False}), False, False),
+    (_new_style("standard", metadata={"hook_name": "blocks.3.hook_resid_post", "sae_lens_version": "6.1.0"}), None,
+     False),  # SAELens 6 does not default it: unknown
+    (_pre_6("relu"), True, True),  # SAELens' handle_pre_6_0_config: setdefault("prepend_bos", True)
+    (_pre_6("relu", prepend_bos=False), False, False),
+])
+def test_prepend_bos_is_read_or_defaulted_as_saelens_does(tmp_path, cfg, prepend, defaulted):
+    folder, _ = _write_saelens(tmp_path, np.random.default_rng(17), cfg)
+    _, meta = load_any(folder)
+    assert meta.prepend_bos is prepend and ("prepend_bos" in _defaulted_keys(meta)) is defaulted
+
+
+@pytest.mark.parametrize("change,fragment", [
+    ({"metadata": {"hook_name": "blocks.8.hook_resid_pre"}}, "not SAELens < 3.0's layout"),
+    ({"sae_lens_version": "6.0.0"}, "not SAELens < 3.0's layout"),
+    ({"sae_lens_training_version": "3.1.0"}, "not SAELens < 3.0's layout"),
+    ({"hook_point": None, "hook_name": "blocks.8.hook_resid_pre"}, "not SAELens < 3.0's layout"),
+    ({"expansion_factor": 3}, "expansion_factor=3 but W_enc has shape (16, 64)"),
+    ({"hook_point_layer": 7}, "hook_layer=7 contradicts hook name 'blocks.8.hook_resid_pre'"),
+    ({"hook_point_head_index": 3}, "per-head SAEs"),
+    ({"activation_fn_kwargs": {"k": 4}}, "k=4 given for a standard SAE"),
+])
+def test_the_legacy_layout_is_accepted_exactly_and_nothing_else_defaults(tmp_path, change, fragment):
+    folder, _ = _jb_release(tmp_path)
+    cfg = json.loads((folder / "cfg.json").read_text()) | change
+    (folder / "cfg.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None or k != "hook_point"}))
+    with pytest.raises(InputError) as err:
+        load_any(folder)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_legacy_config_of_saelens_2_is_read_centred(tmp_path):
+    """SAELens 2.x wrote the same layout with its version: trained through from_pretrained (centring by default)."""
+    folder, _ = _jb_release(tmp_path)
+    (folder / "cfg.json").write_text(json.dumps(json.loads((folder / "cfg.json").read_text())
+                                                | {"sae_lens_training_version": "2.1.3"}))
+    params, meta = load_any(folder)
+    assert params.center_input and "trained by SAELens 2.1.3" in " ".join(meta.defaulted_fields)
+
+
+def test_native_round_trip_keeps_the_centring(tmp_path, x):
+    folder, _ = _jb_release(tmp_path)
+    params, meta = load_any(folder)
+    save_sae(tmp_path / "native", params, meta, {"from": "gpt2-small-res-jb"})
+    again, meta2 = load_any(tmp_path / "native")
+    assert again.center_input and meta2.center_writing_weights
+    np.testing.assert_allclose(np.asarray(encode(again, x)), np.asarray(encode(params, x)), **TOL)
+    plain, plain_meta = load_any(_write_saelens(tmp_path, np.random.default_rng(18), _new_style("standard"))[0])
+    save_sae(tmp_path / "plain", plain, plain_meta, {})
+    assert "center_input" not in json.loads((tmp_path / "plain" / "sae.json").read_text())  # files as they were
 
 
 # ---- Gemma Scope ------------------------------------------------------------------------------------
@@ -426,3 +599,15 @@ def test_loading_a_wide_saex_sae_peaks_at_its_float32_bytes(tmp_path):
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["bytes"] > 2 * 1024 * 32_768 * 4
     assert got["peak"] < 1.10 * got["bytes"] + 40e6, got
+
+
+@pytest.mark.parametrize("value,ok", [(False, True), (True, False)])
+def test_an_old_boolean_normalize_activations_is_read_as_saelens_maps_it(tmp_path, value, ok):
+    folder, _ = _jb_release(tmp_path)
+    (folder / "cfg.json").write_text(json.dumps(json.loads((folder / "cfg.json").read_text())
+                                                | {"normalize_activations": value}))
+    if ok:
+        assert load_any(folder)[0].architecture == "relu"
+    else:
+        with pytest.raises(InputError, match="normalize_activations='expected_average_only_in' is not supported"):
+            load_any(folder)

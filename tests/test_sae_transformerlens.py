@@ -6,12 +6,14 @@ processing is applied to a GPT-2 written by transformers itself, and its residua
 to be the plain model's minus their mean over d_model, which is what an SAE with ``center_input`` reads from the
 harness's own capture. Then the SAE maths with ``center_input`` against numpy, the splice (a lossless centred SAE
 gives the clean CE and zero FVU; the mean it adds back does not move a LayerNorm model's CE), ``for_model`` (ignored
-on RMSNorm, as TransformerLens) and prepend_bos (the run's prompts begin with GPT-2's <|endoftext|>).
+on RMSNorm, as TransformerLens) and prepend_bos (the run's prompts begin with GPT-2's <|endoftext|>), and the claims
+plugin's fixtures doing both for a run (its cache keys changing with the prompts).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import family_standins as fs
 import jax.numpy as jnp
@@ -25,11 +27,25 @@ from harness.model.sources import read_checkpoint
 from harness.prompts.formats import build_prompts
 from harness.sae import splice
 from harness.sae.metrics import measure_quality
-from harness.sae.sae import (SAEMeta, SAEParams, bos_for_sae, centred, check_params, checkpoint_for_sae, decode,
-                             decoder_projection, encode, for_model, pre_activations, reconstruct)
+from harness.sae.sae import (
+    SAEMeta,
+    SAEParams,
+    bos_for_sae,
+    centred,
+    check_params,
+    checkpoint_for_sae,
+    decode,
+    decoder_projection,
+    encode,
+    for_model,
+    pre_activations,
+    reconstruct,
+)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+
+pytest_plugins = ["pytester"]
 
 D, H = 16, 48
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -217,3 +233,47 @@ def test_the_run_prompts_gpt2_with_its_bos_for_an_sae_trained_with_one(gpt2):
         for ours, plain in zip(mine.options, theirs.options):
             assert ours.ids[0] == bos and plain.ids[0] != bos and ours.ids[1:] == plain.ids
     assert checkpoint_for_sae(checkpoint, _meta(prepend_bos=False)) == (checkpoint, None)
+
+
+# ---------------------------------------------------------------------------------------------- the claims fixtures
+
+_PROBE = '''
+import numpy as np
+
+
+def test_probe(checkpoint, sae, cached, activation_cache, provenance, monkeypatch):
+    keys = []
+    monkeypatch.setattr(activation_cache, "get_or_compute", lambda key, compute: keys.append(key) or compute())
+    cached("probe", {}, lambda: {"a": np.zeros(1)})
+    params, meta = sae
+    print("PROBE", checkpoint.tokenizer.add_bos, keys[0].get("bos_for_sae"), params.center_input,
+          "sae prepend_bos" in provenance, "sae input centring" in provenance)
+'''
+
+
+@pytest.mark.parametrize("release,want", [("original", "PROBE True True True True True"),
+                                          ("no bos, not centred", "PROBE False None False False False")])
+def test_the_claims_run_prompts_and_reads_as_the_sae_was_trained(pytester, gpt2, tmp_path, release, want):
+    """The plugin's fixtures, on the GPT-2 stand-in: with gpt2-small-res-jb's own cfg.json the run's tokenizer adds
+    BOS, every cache key says so (the prompts differ from the model's own), the SAE reads a centred residual and the
+    provenance says both; with a SAELens 6 cfg stating prepend_bos=false and no centring, nothing changes."""
+    from standins import gpt2_res_jb_folder
+
+    folder, checkpoint, _ = gpt2
+    d = checkpoint.config.d_model
+    _, w = _random_sae(d=d, h=2 * d)
+    sae = gpt2_res_jb_folder(tmp_path / "gpt2-small-res-jb", 1, w)
+    if release != "original":
+        (sae / "cfg.json").write_text(json.dumps({
+            "architecture": "standard", "d_in": d, "d_sae": 2 * d, "apply_b_dec_to_input": True,
+            "metadata": {"sae_lens_version": "6.12.1", "hook_name": "blocks.1.hook_resid_pre", "prepend_bos": False,
+                         "model_from_pretrained_kwargs": {"center_writing_weights": False}}}))
+    pytester.makeini("[pytest]\nclaims_registry = evals/claims.toml\ntestpaths = evals\n")
+    evals = pytester.mkdir("evals")
+    (evals / "claims.toml").write_text(f'[[profile]]\nname = "mine"\nmodel = "{folder}"\nsae = "{sae}"\nlayer = 1\n'
+                                       'datasets = ["mmlu"]\n')
+    (evals / "test_probe.py").write_text(_PROBE)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--profile", "mine", "-s", "--compile-cache=off",
+                                           f"--cache-dir={tmp_path / 'cache'}", f"--reports-dir={tmp_path / 'reports'}")
+    result.stdout.fnmatch_lines([f"*{want}*"])
+    assert result.ret == 0, result.stdout.str()[-3000:]

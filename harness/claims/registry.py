@@ -35,7 +35,9 @@ class Claim:
     """One research claim on one profile: measure(**args) compared by `op` with `expected` (± `tolerance`).
 
     `recorded` is the outcome last accepted for this profile; a different outcome, or a figure that drifts more
-    than `drift` (default: the measured CI's half-width) from its stored baseline, fails the gate.
+    than `drift` (default: the measured CI's half-width) from its stored baseline, fails the gate. A claim on "any"
+    profile may record another outcome per profile in `recorded_on` (profile name -> outcome): a finding on one model
+    is not a finding on another.
     """
 
     id: str
@@ -49,6 +51,7 @@ class Claim:
     tolerance: float = 0.0
     alpha: float = 0.05
     recorded: Outcome = Outcome.HOLDS
+    recorded_on: dict[str, Outcome] = dataclasses.field(default_factory=dict)
     drift: float | None = None
     quantity: str = ""
     source: str
@@ -108,12 +111,20 @@ def _claim_of(path: pathlib.Path, i: int, table: dict) -> Claim:
     if not isinstance(table.get("args", {}), dict):
         raise InputError(f"{where}: field 'args' must be a table, got {table['args']!r}")
     values = dict(table)
-    if "recorded" in values:
+
+    def outcome(value, field: str) -> Outcome:
         try:
-            values["recorded"] = Outcome(values["recorded"])
+            return Outcome(value)
         except ValueError:
-            raise InputError(f"{where}: recorded {values['recorded']!r}, expected one of "
-                             f"{[o.value for o in Outcome]}") from None
+            raise InputError(f"{where}: {field} {value!r}, expected one of {[o.value for o in Outcome]}") from None
+
+    if "recorded" in values:
+        values["recorded"] = outcome(values["recorded"], "recorded")
+    if "recorded_on" in values:
+        if not isinstance(values["recorded_on"], dict):
+            raise InputError(f"{where}: field 'recorded_on' must be a table of profile = outcome, got "
+                             f"{values['recorded_on']!r}")
+        values["recorded_on"] = {k: outcome(v, f"recorded_on.{k}") for k, v in values["recorded_on"].items()}
     return Claim(**values)
 
 
@@ -153,5 +164,6 @@ def load_registry(path: str | pathlib.Path, *, check_measures: bool = True) -> t
 
 
 def of_profile(claims: tuple[Claim, ...], profile: str) -> list[Claim]:
-    """The claims that apply to `profile`, in registry order."""
-    return [c for c in claims if c.applies_to(profile)]
+    """The claims that apply to `profile`, in registry order, each with the outcome recorded for that profile."""
+    return [dataclasses.replace(c, recorded=c.recorded_on.get(profile, c.recorded)) for c in claims
+            if c.applies_to(profile)]

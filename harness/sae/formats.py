@@ -374,7 +374,7 @@ class SAELensConfig(Schema):
     d_sae: PositiveInt | None = None
     expansion_factor: PositiveInt | None = None  # SAELens < 3 (and mats_sae_training) configs: d_sae = this x d_in
     apply_b_dec_to_input: StrictBool = True  # SAELens' own default when the key is absent
-    normalize_activations: StrictStr | None = None
+    normalize_activations: StrictStr | StrictBool | None = None  # a bool in old configs (see load_saelens)
     reshape_activations: StrictStr | None = None
     finetuning_scaling_factor: StrictBool = False
     rescale_acts_by_decoder_norm: StrictBool = False
@@ -444,15 +444,15 @@ def _centring(cfg: SAELensConfig, metadata: SAELensMetadata, cfg_path: Path, *, 
         return kwargs.get("center_writing_weights", False), []
     trained_by = _one_of(cfg, metadata, "sae_lens_training_version", cfg_path)
     if trained_by is not None and _version(trained_by, cfg_path) < _SAELENS_RECORDS_KWARGS:
-        return True, [f"model_from_pretrained_kwargs.center_writing_weights=true (trained by SAELens {trained_by}, "
-                      "before 3.19.2: through HookedTransformer.from_pretrained, which centres the writing weights "
-                      "by default, its kwargs not recorded)"]
+        return True, [(f"model_from_pretrained_kwargs.center_writing_weights=true (trained by SAELens {trained_by}, "
+                       "before 3.19.2: through HookedTransformer.from_pretrained, which centres the writing weights "
+                       "by default, its kwargs not recorded)")]
     if legacy and trained_by is None:
-        return True, ["model_from_pretrained_kwargs.center_writing_weights=true (a SAELens < 2.0 / mats_sae_training "
-                      "config: trained through HookedTransformer.from_pretrained, which centres the writing weights "
-                      "by default; SAELens' registry sets the same for gpt2-small-res-jb)"]
-    return False, ["model_from_pretrained_kwargs={} (not recorded; SAELens' default: the model loaded without "
-                   "processing, the residual not centred)"]
+        return True, [("model_from_pretrained_kwargs.center_writing_weights=true (a SAELens < 2.0 / mats_sae_training "
+                       "config: trained through HookedTransformer.from_pretrained, which centres the writing weights "
+                       "by default; SAELens' registry sets the same for gpt2-small-res-jb)")]
+    return False, [("model_from_pretrained_kwargs={} (not recorded; SAELens' default: the model loaded without "
+                    "processing, the residual not centred)")]
 
 
 def load_saelens(
@@ -500,7 +500,10 @@ def load_saelens(
         defaulted.append("apply_b_dec_to_input=true (SAELens' default when the key is absent)")
     if arch_name not in _SAELENS_ARCH:
         raise InputError(f"{cfg_path}: architecture={arch_name!r}, expected one of {sorted(_SAELENS_ARCH)}")
-    norm = cfg.normalize_activations or "none"
+    norm = cfg.normalize_activations
+    if isinstance(norm, bool):  # SAELens' handle_pre_6_0_config: false -> "none", true -> "expected_average_only_in"
+        norm = "expected_average_only_in" if norm else "none"
+    norm = norm or "none"
     if norm != "none":
         raise InputError(f"{cfg_path}: normalize_activations={norm!r} is not supported, expected 'none'")
     reshape = cfg.reshape_activations or "none"

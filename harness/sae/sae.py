@@ -200,8 +200,8 @@ def for_model(params: SAEParams, meta: SAEMeta, *, norm: str) -> tuple[SAEParams
         return params, ("center_writing_weights=true: the SAE read TransformerLens' centred residual, so each "
                         "activation is read minus its mean over d_model (LayerNorm model: the same forward)")
     return (dataclasses.replace(params, center_input=False),
-            f"center_writing_weights=true ignored: a {norm!r}-norm model, whose writing weights TransformerLens does "
-            "not centre (LayerNorm only), so the SAE read the plain residual")
+            (f"center_writing_weights=true ignored: a {norm!r}-norm model, whose writing weights TransformerLens does "
+             "not centre (LayerNorm only), so the SAE read the plain residual"))
 
 
 def bos_for_sae(meta: SAEMeta, *, add_bos: bool, bos_token: str | None) -> tuple[bool, str | None]:

@@ -1,6 +1,7 @@
 """Gemma 3 (text: Gemma3ForCausalLM, model_type "gemma3_text" — the 270M and 1B models): Gemma 2's block (GeGLU,
 (1 + w) pre- and post-norms, sqrt(d_model) embedding scale, query_pre_attn_scalar) plus a (1 + w) RMSNorm on each
-query and key head before RoPE; no soft caps (transformers 5 ignores attn_logit_softcapping, so it must be null);
+query and key head before RoPE; final_logit_softcapping is read (null on the released models), attn_logit_softcapping
+must be null (transformers 5's Gemma-3 never applies it);
 sliding layers (five of every six by default) use their own RoPE base (rope_local_base_freq, 10000) unscaled, global
 layers rope_theta (1e6), linearly scaled on the 4B-and-up models.
 
@@ -56,7 +57,7 @@ class Gemma3HFConfig(gemma2.GemmaHFConfig):
 # Gemma3TextConfig's class defaults of the keys read here (the shape keys stay required).
 HF_DEFAULTS = dict(num_key_value_heads=4, head_dim=256, max_position_embeddings=131072, rms_norm_eps=1e-6,
                    tie_word_embeddings=True, query_pre_attn_scalar=256, sliding_window=4096,
-                   final_logit_softcapping=None, attn_logit_softcapping=None)
+                   final_logit_softcapping=None)
 # attn_logit_softcapping is pinned to null below (SUPPORTED), not read
 USED_KEYS = (gemma2.USED_KEYS - {"attn_logit_softcapping"}) | {"rope_local_base_freq", "sliding_window_pattern"}
 NO_EFFECT = gemma2.NO_EFFECT | {
