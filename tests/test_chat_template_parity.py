@@ -114,3 +114,34 @@ def test_raise_exception_raises_the_same_error(templates):
     with pytest.raises(jinja2.exceptions.TemplateError, match="bad role tool") as theirs:
         _transformers_render(tok, messages, add_generation_prompt=True)
     assert str(ours.value) == str(theirs.value)
+
+
+# google/gemma-2-2b-it tokenizer_config.json "chat_template" (Gemma's <start_of_turn> turns, "model" for the
+# assistant, no system role); bos <bos>, eos <eos>.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+@pytest.mark.parametrize("messages", [
+    CONVERSATIONS["user"], CONVERSATIONS["system-user-assistant"][1:], CONVERSATIONS["non-ascii"][1:]])
+def test_gemma_chat_template_renders_as_transformers(messages, add_generation_prompt):
+    tok = _tokenizer(GEMMA_TEMPLATE, bos="<bos>", eos="<eos>")
+    ours = tok.render_chat(messages, add_generation_prompt=add_generation_prompt)
+    assert ours == _transformers_render(tok, messages, add_generation_prompt=add_generation_prompt)
+    assert ours.startswith("<bos><start_of_turn>user\n") and ("<start_of_turn>model\n" in ours) == (
+        add_generation_prompt or len(messages) > 1)
+
+
+def test_gemma_chat_template_refuses_a_system_turn_as_transformers_does():
+    tok = _tokenizer(GEMMA_TEMPLATE, bos="<bos>", eos="<eos>")
+    with pytest.raises(jinja2.exceptions.TemplateError, match="System role not supported"):
+        tok.render_chat(CONVERSATIONS["system-user"])
+    with pytest.raises(jinja2.exceptions.TemplateError, match="System role not supported"):
+        _transformers_render(tok, CONVERSATIONS["system-user"], add_generation_prompt=True)

@@ -1,8 +1,9 @@
-"""Read a llama.cpp GGUF file into the canonical checkpoint (config, HF-Llama weights, tokenizer).
+"""Read a llama.cpp GGUF file into the canonical checkpoint (config, canonical weights, tokenizer).
 
-The `gguf` package parses the file and dequantizes; this module maps llama.cpp's metadata keys and
-tensor names onto `ModelConfig` and the canonical layout, undoing llama.cpp's Q/K row permutation
-(llama) and splitting the fused tensors (phi3). Anything it cannot map raises a one-line InputError.
+The `gguf` package parses the file and dequantizes; this module types llama.cpp's metadata keys and builds the
+tokenizer, and `general.architecture` picks the family (harness.model.families) that maps the keys onto `ModelConfig`
+and the tensor names onto the canonical layout (undoing llama's Q/K row permutation, splitting fused tensors).
+Anything it cannot map raises a one-line InputError.
 """
 
 from __future__ import annotations
