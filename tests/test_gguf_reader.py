@@ -561,7 +561,7 @@ def test_smollm2_config(smollm2):
     c = smollm2.config
     assert (c.architecture, c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.d_ffn) == ("llama", 30, 576, 9, 3, 1536)
     assert (c.head_dim, c.vocab_size, c.rope_base, c.tie_embeddings) == (64, 49152, 100000.0, True)
-    assert c.max_context == 8192 and c.rms_norm_eps == pytest.approx(1e-5)
+    assert c.max_context == 8192 and c.norm_eps == pytest.approx(1e-5)
     assert smollm2.tokenizer.vocab_size == 49152
 
 
