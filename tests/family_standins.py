@@ -333,20 +333,9 @@ CONFIG_KEYS: dict[str, tuple[str, ...]] = {
         "is_decoder", "layer_norm_eps", "max_position_embeddings", "model_type", "num_attention_heads",
         "num_hidden_layers", "pad_token_id", "rope_parameters", "tie_word_embeddings", "transformers_version",
         "use_cache", "use_parallel_residual", "vocab_size"),
-    "gpt_neox_sequential": (
-        "architectures", "attention_bias", "attention_dropout", "bos_token_id", "classifier_dropout", "dtype",
-        "eos_token_id", "hidden_act", "hidden_dropout", "hidden_size", "initializer_range", "intermediate_size",
-        "is_decoder", "layer_norm_eps", "max_position_embeddings", "model_type", "num_attention_heads",
-        "num_hidden_layers", "pad_token_id", "rope_parameters", "tie_word_embeddings", "transformers_version",
-        "use_cache", "use_parallel_residual", "vocab_size"),
-    "gemma3_scaled": (
-        "_sliding_window_pattern", "architectures", "attention_bias", "attention_dropout", "attn_logit_softcapping",
-        "bos_token_id", "dtype", "eos_token_id", "final_logit_softcapping", "head_dim", "hidden_activation",
-        "hidden_size", "initializer_range", "intermediate_size", "layer_types", "max_position_embeddings", "model_type",
-        "num_attention_heads", "num_hidden_layers", "num_key_value_heads", "pad_token_id", "query_pre_attn_scalar",
-        "rms_norm_eps", "rope_parameters", "sliding_window", "tie_word_embeddings", "transformers_version",
-        "use_bidirectional_attention", "use_cache", "vocab_size"),
 }
+# Variants of a family write the same keys as the family.
+CONFIG_KEYS |= {"gpt_neox_sequential": CONFIG_KEYS["gpt_neox"], "gemma3_scaled": CONFIG_KEYS["gemma3"]}
 
 
 def tiny_config(name: str, **overrides):

@@ -14,7 +14,8 @@ import pytest
 
 from harness.errors import InputError
 from harness.model.config import ModelConfig
-from harness.model.gguf_reader import dequantized, read_gguf, unpermute_rope_rows
+from harness.model.families.common import unpermute_rope_rows
+from harness.model.gguf_reader import dequantized, read_gguf
 from harness.model.sources import default_gguf_path
 
 Q = gguf.GGMLQuantizationType

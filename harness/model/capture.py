@@ -8,7 +8,6 @@ hidden_states[L + 1]; "attn_out" / "mlp_out" block L are what its attention / ML
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Literal
 
@@ -19,7 +18,7 @@ from penzai import pz
 from penzai.models.transformer import model_parts
 
 from harness.errors import InputError
-from harness.model.blocks import KV_SEQ, SEGMENT_ENDS, SEGMENTS  # noqa: F401 — capture's names for callers
+from harness.model.blocks import SEGMENT_ENDS, SEGMENTS
 from harness.model.forms import LAYER_AXIS, ScanLayerStack
 from harness.model.parallel import mesh_of, shard_batch
 

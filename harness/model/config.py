@@ -48,7 +48,6 @@ ROPE_KINDS = ("default", "linear", "llama3", "longrope")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 POSITIONS = ("rope", "learned")
 _LAYER_PREFIX = re.compile(r"^model\.layers\.(\d+)\.")
-_NO_WINDOW = np.iinfo(np.int32).max  # a full-attention layer's window in the per-layer window constant
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

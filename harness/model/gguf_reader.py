@@ -22,7 +22,6 @@ from pydantic import Field
 from harness.errors import InputError
 from harness.model import families
 from harness.model.config import Checkpoint, ModelConfig, StoredTensor, Weights, check_values, check_weights
-from harness.model.families.common import unpermute_rope_rows  # noqa: F401 — tests import it from here
 from harness.model.tokenizer import ChatTokenizer
 from harness.validation import MappedTensor, FiniteFloat, NonNegativeInt, PositiveFloat, PositiveInt, Schema, StrictBool, StrictStr, validate
 
