@@ -4,6 +4,7 @@ each fail a pytester run of the plugin (harness.claims.plugin) on a tiny registr
 from __future__ import annotations
 
 import json
+import pathlib
 
 import pytest
 
@@ -278,6 +279,17 @@ def test_picks_changed_are_counted_over_the_questions_both_runs_scored():
     assert got["claims"]["X"]["float32"]["outcome"] == "holds" and got["claims"]["X"]["this"]["value"] == 0.25
 
 
+def test_a_bfloat16_run_expects_the_outcome_recorded_for_its_label(gate, pytester):
+    registry = REGISTRY.format(false_recorded="does not hold").replace(
+        'recorded = "does not hold"', 'recorded = "does not hold"\nrecorded_on = { "smollm2-default-bfloat16" = "holds" }')
+    both = {"T-holds": [0.4, 0.3, 0.5], "T-false": [0.95, 0.92, 0.98]}
+    gate(FIRST, "--regen-all", registry=registry).assert_outcomes(passed=1, xfailed=1)  # float32: recorded
+    gate(both, "--dtype", "bfloat16", "--regen-all", registry=registry).assert_outcomes(passed=2)  # its label: holds
+    gate(both, "--dtype", "bfloat16", registry=registry).assert_outcomes(passed=2)
+    result = gate(FIRST, "--dtype", "bfloat16", registry=registry)  # a bf16 run that does not hold fails its gate
+    assert result.ret != 0 and "T-false" in result.stdout.str()
+
+
 ANY_CLAIM = """
 [[claim]]
 id = "C-any"
@@ -304,9 +316,37 @@ def test_an_any_claim_records_its_outcome_per_profile(tmp_path):
     assert of_profile(claims, "smollm2-default")[0].recorded is Outcome.INCONCLUSIVE
 
 
+def test_a_run_label_outcome_wins_over_its_profile_outcome(tmp_path):
+    from harness.claims.registry import load_registry, of_profile
+
+    path = tmp_path / "claims.toml"
+    path.write_text(ANY_CLAIM.format(recorded_on='recorded_on = { "smollm2-default-bfloat16" = "holds", '
+                                                  '"gemma3-270m" = "does not hold", "gemma3-270m-bfloat16" = "holds" }'))
+    claims = load_registry(path)
+    assert of_profile(claims, "smollm2-default", "smollm2-default-bfloat16")[0].recorded is Outcome.HOLDS
+    assert of_profile(claims, "smollm2-default", "smollm2-default")[0].recorded is Outcome.INCONCLUSIVE  # float32
+    assert of_profile(claims, "smollm2-default")[0].recorded is Outcome.INCONCLUSIVE
+    assert of_profile(claims, "gemma3-270m", "gemma3-270m-bfloat16")[0].recorded is Outcome.HOLDS
+    assert of_profile(claims, "gemma3-270m", "gemma3-270m")[0].recorded is Outcome.DOES_NOT_HOLD
+    assert of_profile(claims, "phi3-mini", "phi3-mini-bfloat16")[0].recorded is Outcome.INCONCLUSIVE  # neither: recorded
+
+
+def test_the_real_registry_records_the_two_bf16_outcomes():
+    from harness.claims.registry import load_registry, of_profile
+
+    claims = load_registry(pathlib.Path(__file__).parents[1] / "evals" / "claims.toml", check_measures=False)
+    bf16 = {c.id: c.recorded for c in of_profile(claims, "smollm2-default", "smollm2-default-bfloat16")}
+    f32 = {c.id: c.recorded for c in of_profile(claims, "smollm2-default", "smollm2-default")}
+    assert (f32["C4-smollm2-raises-text"], bf16["C4-smollm2-raises-text"]) == (Outcome.HOLDS, Outcome.INCONCLUSIVE)
+    assert (f32["C2-letter-smollm2-control-at-chance"], bf16["C2-letter-smollm2-control-at-chance"]) == (
+        Outcome.INCONCLUSIVE, Outcome.HOLDS)
+    assert {k for k, v in bf16.items() if v is not f32[k]} == {"C4-smollm2-raises-text", "C2-letter-smollm2-control-at-chance"}
+
+
 @pytest.mark.parametrize(("recorded_on", "message"), [
     ('recorded_on = { "gemma3-270m" = "maybe" }', "recorded_on.gemma3-270m 'maybe', expected one of"),
     ('recorded_on = "holds"', "field 'recorded_on' must be a table of profile = outcome"),
+    ('recorded_on = { "gemma3-270m-float32" = "holds" }', "a float32 run's label is its profile name 'gemma3-270m'"),
 ])
 def test_a_bad_per_profile_outcome_is_one_line(tmp_path, recorded_on, message):
     from harness.claims.registry import load_registry

@@ -216,7 +216,8 @@ class RegistryFile(pytest.Module):
     def _getobj(self):
         module = types.ModuleType(f"claims registry {self.path.name}")
         module.__file__ = str(self.path)
-        for c in of_profile(_claims(self.config), run_of(self.config).profile.name):
+        profile = run_of(self.config).profile
+        for c in of_profile(_claims(self.config), profile.name, profile.label):
             if not hasattr(module, f"test_{c.measure}"):
                 setattr(module, f"test_{c.measure}", claim_test(c.measure))
         return module
@@ -247,13 +248,13 @@ def pytest_generate_tests(metafunc):
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: a test taking `claim` needs @pytest.mark.measure(name)")
     run = run_of(metafunc.config)
     names = set(marker.args)
-    selected = [c for c in of_profile(_claims(metafunc.config), run.profile.name) if c.measure in names]
+    selected = [c for c in of_profile(_claims(metafunc.config), run.profile.name, run.profile.label) if c.measure in names]
     params = []
     for c in selected:
         marks = [pytest.mark.claim]
         if c.recorded is not Outcome.HOLDS:  # only the claim's own exception is the expected failure
             marks.append(pytest.mark.xfail(raises=EXCEPTIONS[c.recorded], strict=True,
-                                           reason=f"recorded as {c.recorded.value} on {run.profile.name}"))
+                                           reason=f"recorded as {c.recorded.value} on {run.profile.label}"))
         params.append(pytest.param(c, id=c.id, marks=marks))
     metafunc.parametrize("claim", params)
 
@@ -306,7 +307,7 @@ def pytest_collection_modifyitems(session, config, items):
                 f"which no fixture provides (a measure's positional parameters name the fixtures it is given)")
     if _covers_registry(config):
         tests = _measure_tests(claim_items)
-        for c in of_profile(_claims(config), run.profile.name):
+        for c in of_profile(_claims(config), run.profile.name, run.profile.label):
             found = sorted(tests.get(c.measure, ()))
             if len(found) != 1:
                 raise pytest.UsageError(

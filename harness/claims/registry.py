@@ -35,9 +35,11 @@ class Claim:
     """One research claim on one profile: measure(**args) compared by `op` with `expected` (± `tolerance`).
 
     `recorded` is the outcome last accepted for this profile; a different outcome, or a figure that drifts more
-    than `drift` (default: the measured CI's half-width) from its stored baseline, fails the gate. A claim on "any"
-    profile may record another outcome per profile in `recorded_on` (profile name -> outcome): a finding on one model
-    is not a finding on another.
+    than `drift` (default: the measured CI's half-width) from its stored baseline, fails the gate. `recorded_on` records
+    another outcome per run: its keys are profile names (a claim on "any" profile: a finding on one model is not a
+    finding on another) or run labels, a profile name plus its non-float32 dtype (`Profile.label`, e.g.
+    "smollm2-default-bfloat16": a bf16 run may land on the other side of a bound). A run's label wins over its
+    profile's name, which wins over `recorded` (`of_profile`).
     """
 
     id: str
@@ -125,6 +127,10 @@ def _claim_of(path: pathlib.Path, i: int, table: dict) -> Claim:
             raise InputError(f"{where}: field 'recorded_on' must be a table of profile = outcome, got "
                              f"{values['recorded_on']!r}")
         values["recorded_on"] = {k: outcome(v, f"recorded_on.{k}") for k, v in values["recorded_on"].items()}
+        for key in values["recorded_on"]:
+            if key.endswith("-float32"):  # Profile.label: float32 is the bare name, so this key would never be read
+                raise InputError(f"{where}: recorded_on key {key!r}: a float32 run's label is its profile name "
+                                 f"{key.removesuffix('-float32')!r}")
     return Claim(**values)
 
 
@@ -163,7 +169,8 @@ def load_registry(path: str | pathlib.Path, *, check_measures: bool = True) -> t
     return claims
 
 
-def of_profile(claims: tuple[Claim, ...], profile: str) -> list[Claim]:
-    """The claims that apply to `profile`, in registry order, each with the outcome recorded for that profile."""
-    return [dataclasses.replace(c, recorded=c.recorded_on.get(profile, c.recorded)) for c in claims
-            if c.applies_to(profile)]
+def of_profile(claims: tuple[Claim, ...], profile: str, label: str | None = None) -> list[Claim]:
+    """The claims that apply to `profile`, in registry order, each with the outcome recorded for that run: the one
+    recorded for its `label` (`Profile.label`, e.g. "smollm2-default-bfloat16"), else for `profile`, else `recorded`."""
+    return [dataclasses.replace(c, recorded=c.recorded_on.get(label or profile, c.recorded_on.get(profile, c.recorded)))
+            for c in claims if c.applies_to(profile)]
