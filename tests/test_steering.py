@@ -140,6 +140,9 @@ class _Study:
     def readout_runs(self, behaviour, readout):
         return self.runs
 
+    def behaviour_letters(self, behaviour):
+        return np.array(["A", "B"] * (len(self.runs["plain"]) // 2))
+
     def effect(self, behaviour, readout, vector, alpha):
         return steering.Effect(p=self.runs[steering.run_key(vector, alpha)], plain=self.runs["plain"],
                                direction=np.sign(alpha))
@@ -178,6 +181,7 @@ def test_a_steering_effect_is_decided_on_its_paired_interval():
     assert decide(_claim("steering_effect", expected=0.02), flat) is Outcome.DOES_NOT_HOLD  # provably below 0.02
     curve = measures.steering_dose_response(study, behaviour="b", readout="letter", vector="caa", alphas=[-4, 0, 4])
     assert [c["alpha"] for c in curve.details["dose_response"]] == [-4, 0, 4] and curve.ci[0] > 0.5
+    assert curve.details["mean_rho_by_behaviour_letter"]["A"] > 0.5
     with pytest.raises(InputError):
         measures.steering_dose_response(study, behaviour="b", readout="letter", vector="caa", alphas=[-4, 4])
 

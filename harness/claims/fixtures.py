@@ -7,6 +7,7 @@ installed package; inputs a profile needs but the user did not give skip with on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import pathlib
@@ -91,7 +92,9 @@ def sae_file(pytestconfig, profile):
 @pytest.fixture(scope="session")
 def sae(pytestconfig, profile, checkpoint, sae_file, provenance):
     """(SAEParams, SAEMeta) of the profile's SAE, checked against the model's width, layer and hook, and reading the
-    model as it read in training (sae.for_model: a centred residual on a LayerNorm model)."""
+    model as it read in training (sae.for_model: a centred residual on a LayerNorm model). Its contractions run in the
+    profile's dtype (SAEParams.compute_dtype: bf16 x bf16 -> float32 under --dtype bfloat16, weights kept float32);
+    every cached SAE output is keyed by that dtype through `cached`'s "dtype" key part."""
     from harness.runs.cache import digest_file
     from harness.sae.sae import check_compatible, for_model
 
@@ -102,6 +105,7 @@ def sae(pytestconfig, profile, checkpoint, sae_file, provenance):
     with users_input(pytestconfig, "--sae"):
         check_compatible(meta, d_model=checkpoint.config.d_model, layer=profile.layer, hook=profile.hook)
     params, centring = for_model(params, meta, norm=checkpoint.config.norm)
+    params = dataclasses.replace(params, compute_dtype=profile.dtype)
     provenance["sae"] = (f"{profile.sae} (sha256 {digest_file(profile.sae)[:16]}…; {meta.format} {params.architecture}, "
                          f"{meta.d_sae} features, layer {meta.layer} {meta.hook} — layer from {meta.layer_source})")
     if meta.ignored_fields:
@@ -110,6 +114,9 @@ def sae(pytestconfig, profile, checkpoint, sae_file, provenance):
         provenance["sae fields defaulted (absent from the file)"] = list(meta.defaulted_fields)
     if centring:
         provenance["sae input centring"] = centring
+    if profile.dtype != "float32":
+        provenance["sae dtype"] = (f"float32 weights; encode/decode/reading contractions {profile.dtype} x "
+                                   f"{profile.dtype} -> float32, biases and nonlinearity float32")
     return params, meta
 
 

@@ -364,6 +364,10 @@ class SteeringStudy:
             return out
         return self._once(("runs", behaviour), compute)
 
+    def behaviour_letters(self, behaviour: str) -> np.ndarray:
+        """The behaviour's answer letter ("A" or "B") of each held-out pair."""
+        return np.array([p.behaviour for p in self.split(behaviour)[1]])
+
     def effect(self, behaviour: str, readout: str, vector: str, alpha: float):
         from harness.studies import steering
 

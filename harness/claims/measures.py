@@ -418,8 +418,11 @@ def steering_dose_response(steering_study, *, behaviour: str, readout: str, vect
         d, _ = stats.paired_difference(e.p, e.plain, seed=SEED)
         curve.append({"alpha": a, "effect": d.value, "lo": d.lo, "hi": d.hi, "p": float(np.mean(e.p)),
                       "wrong_way_share": e.wrong_way if a else 0.0})
+    letters = steering_study.behaviour_letters(behaviour)  # a vector that is a letter direction shows here
+    by_letter = {x: float(np.mean(rho[letters == x])) for x in sorted(set(letters))}
     return Measurement(value=ci.value, n=int(rho.size), ci=(ci.lo, ci.hi), statistic=PAIRED, details={
         "dose_response": curve, "readout": readout, "pairs_that_never_move": int(np.sum(np.ptp(grid, axis=1) == 0)),
+        "mean_rho_by_behaviour_letter": by_letter,
         **steering_study.details(behaviour, vector)})
 
 

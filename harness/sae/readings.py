@@ -2,6 +2,8 @@
 
 Three readings: "encoder" (the SAE's own activation, sae.encode), "preact" (sae.pre_activations) and "decoder"
 (the original work's resid · W_dec[f], sae.decoder_projection). Axis order: resid [question, option, embedding].
+Every block's contraction runs in the SAE's compute dtype (SAEParams.compute_dtype: bf16 x bf16 -> float32 under
+--dtype bfloat16, each chunk's weight slice cast inside its dot); the readings themselves are float32 either way.
 """
 
 from __future__ import annotations

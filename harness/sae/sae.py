@@ -20,6 +20,12 @@ on rescaled activations, as saex and our own trainer do):
     x̂   = (f·W_dec + b_dec) / m                              (``decode``, in the SAE's space)
     reconstruct(x) = x̂ + mean_d(x)·[center_input]           (back in the model's space, for splicing)
 
+Every contraction with W_enc or W_dec (x'·W_enc, f·W_dec, the decoder reading x_c·W_decᵀ) runs in the SAE's
+``compute_dtype``: "float32" (the default) is the plain float32 matmul; "bfloat16" (the ``sae`` fixture sets it from
+``--dtype``) casts both operands to bf16 and returns float32 (``preferred_element_type``), as the model's contractions
+do (harness/model/rewrites.py). Everything else — centring, norm factors, biases, thresholds, TopK, the ReLU / JumpReLU
+/ gated nonlinearity — stays float32.
+
 ``center_input`` is SAELens' ``model_from_pretrained_kwargs.center_writing_weights`` on a LayerNorm model: the SAE
 was trained on TransformerLens' residual with the writing weights centred (W_E, W_pos, W_O, b_O, W_out, b_out each
 minus its mean over d_model). Every write to the residual stream then has zero mean over d_model, so TransformerLens'
@@ -33,6 +39,7 @@ not see the mean either way).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Literal, get_args
 
@@ -44,6 +51,8 @@ from harness.errors import InputError
 
 Architecture = Literal["relu", "jumprelu", "gated", "topk"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+ComputeDtype = Literal["float32", "bfloat16"]
+COMPUTE_DTYPES: tuple[str, ...] = get_args(ComputeDtype)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -68,6 +77,10 @@ class SAEParams:
     out_norm_factor: float = 1.0
     apply_b_dec_to_input: bool = False
     center_input: bool = False  # subtract x's mean over d_model first (module docstring; SAEMeta says why)
+    # the operands' dtype of every contraction with W_enc / W_dec ("float32" or "bfloat16"), result float32. The
+    # weights stay stored once, in float32: a bfloat16 contraction casts the weight it reads inside its jitted dot,
+    # a transient bf16 copy of that weight (slice) — half its float32 bytes, e.g. 302 MB for a 3,072 x 49,152 W_enc.
+    compute_dtype: ComputeDtype = "float32"
 
     @property
     def d_model(self) -> int:
@@ -81,7 +94,8 @@ class SAEParams:
 jax.tree_util.register_dataclass(
     SAEParams,
     data_fields=["W_enc", "b_enc", "W_dec", "b_dec", "threshold", "mag_scale", "b_mag"],
-    meta_fields=["architecture", "k", "norm_factor", "out_norm_factor", "apply_b_dec_to_input", "center_input"],
+    meta_fields=["architecture", "k", "norm_factor", "out_norm_factor", "apply_b_dec_to_input", "center_input",
+                 "compute_dtype"],
 )
 
 
@@ -127,6 +141,8 @@ def check_params(params: SAEParams, *, source: str) -> SAEParams:
     """
     if params.architecture not in ARCHITECTURES:
         raise InputError(f"{source}: architecture {params.architecture!r}, expected one of {ARCHITECTURES}")
+    if params.compute_dtype not in COMPUTE_DTYPES:
+        raise InputError(f"{source}: compute_dtype {params.compute_dtype!r}, expected one of {COMPUTE_DTYPES}")
     d_model, d_sae = params.W_enc.shape if params.W_enc.ndim == 2 else (None, None)
     if d_model is None:
         raise InputError(f"{source}: tensor W_enc has shape {tuple(params.W_enc.shape)}, expected [d_model, d_sae]")
@@ -274,10 +290,28 @@ def _sae_input(params: SAEParams, x: jax.Array) -> jax.Array:
     return x
 
 
+@functools.partial(jax.jit, static_argnames=("rhs_contracting", "compute_dtype"))
+def _dot_accumulate_f32(a: jax.Array, w: jax.Array, *, rhs_contracting: int, compute_dtype: str) -> jax.Array:
+    """a [..., c] contracted with w's axis ``rhs_contracting`` (w 2-d), both operands cast to ``compute_dtype``, the
+    result float32: one jitted dot_general, so the weight's cast happens inside it (a transient copy, nothing kept)."""
+    a, w = a.astype(compute_dtype), w.astype(compute_dtype)
+    return jax.lax.dot_general(a, w, (((a.ndim - 1,), (rhs_contracting,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+
+
+def _contract(params: SAEParams, a: jax.Array, w: jax.Array, *, transpose_w: bool = False) -> jax.Array:
+    """a·w (a·wᵀ when ``transpose_w``) in the SAE's compute dtype with a float32 result. float32: the plain matmul
+    (today's figures, bit for bit); bfloat16: bf16 x bf16 -> float32 (``_dot_accumulate_f32``)."""
+    if params.compute_dtype == "float32":
+        return a @ (w.T if transpose_w else w)
+    return _dot_accumulate_f32(a, w, rhs_contracting=1 if transpose_w else 0, compute_dtype=params.compute_dtype)
+
+
 def _projection(params: SAEParams, x, name: str) -> jax.Array:
-    """x'·W_enc [..., d_sae] in float32, whatever float dtype x has (a bfloat16 residual is widened first)."""
+    """x'·W_enc [..., d_sae] as float32, whatever float dtype x has (a bfloat16 residual is widened first, x' is
+    formed in float32); the contraction itself runs in ``params.compute_dtype``."""
     x = _check_input(x, width=params.d_model, width_name="d_model", name=name)
-    return _sae_input(params, x) @ params.W_enc
+    return _contract(params, _sae_input(params, x), params.W_enc)
 
 
 def pre_activations(params: SAEParams, x, *, name: str = "x") -> jax.Array:
@@ -302,7 +336,7 @@ def _topk(pre: jax.Array, k: int) -> jax.Array:
 
 def encode(params: SAEParams, x, *, name: str = "x") -> jax.Array:
     """Feature activations f [..., d_sae] with the SAE's own nonlinearity (see module docstring); x in any float
-    dtype (bfloat16 included), computed in float32."""
+    dtype (bfloat16 included), computed in float32 but for x'·W_enc, which runs in ``params.compute_dtype``."""
     projection = _projection(params, x, name)
     pre = projection + params.b_enc
     arch = params.architecture
@@ -320,9 +354,10 @@ def encode(params: SAEParams, x, *, name: str = "x") -> jax.Array:
 
 
 def decode(params: SAEParams, f, *, name: str = "f") -> jax.Array:
-    """Reconstruction x̂ [..., d_model] = (f·W_dec + b_dec) / out_norm_factor."""
+    """Reconstruction x̂ [..., d_model] = (f·W_dec + b_dec) / out_norm_factor, float32 (f·W_dec in
+    ``params.compute_dtype``)."""
     f = _check_input(f, width=params.d_sae, width_name="d_sae", name=name)
-    return (f.astype(jnp.float32) @ params.W_dec + params.b_dec) / params.out_norm_factor
+    return (_contract(params, f.astype(jnp.float32), params.W_dec) + params.b_dec) / params.out_norm_factor
 
 
 def reconstruct(params: SAEParams, x, *, name: str = "x") -> jax.Array:
@@ -338,11 +373,12 @@ def decoder_projection(params: SAEParams, x, features=None, *, name: str = "x") 
     """The original work's feature reading: x·W_dec[f] on the raw, un-normalised residual (x_c for an SAE that reads
     a centred residual: the decoder rows live in that space).
 
-    No bias, no nonlinearity, no norm_factor (micrlhf dots the captured residual with decoder rows).
-    Returns [..., d_sae], or [..., len(features)] when ``features`` selects some.
+    No bias, no nonlinearity, no norm_factor (micrlhf dots the captured residual with decoder rows); the dot runs in
+    ``params.compute_dtype``, float32 result. Returns [..., d_sae], or [..., len(features)] when ``features`` selects
+    some.
     """
     x = _check_input(x, width=params.d_model, width_name="d_model", name=name)
     W_dec = params.W_dec
     if features is not None:
         W_dec = W_dec[jnp.asarray(check_features(params, features))]
-    return centred(params, x) @ W_dec.T
+    return _contract(params, centred(params, x), W_dec, transpose_w=True)

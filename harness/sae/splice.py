@@ -140,7 +140,8 @@ def residual_batches(model, tokens, *, layer: int, where: capture.Where = "pre",
 def gate_arrays(model, params: SAEParams, tokens, *, layer: int, where: capture.Where = "pre", max_context: int,
                 n_ce_sequences: int | None = None, batch_size: int = 8, progress: bool = False) -> dict[str, np.ndarray]:
     """The model part of evaluate_sae as plain arrays (so a caller can cache them): residuals "x" [token, d_model]
-    (BOS left out) and "ce" = [clean, spliced, zero-ablated] mean CE with "n_predictions" over the first n_ce_sequences."""
+    (BOS left out) and "ce" = [clean, spliced, zero-ablated] mean CE with "n_predictions" over the first n_ce_sequences.
+    The spliced reconstruction's contractions run in ``params.compute_dtype`` (bf16 x bf16 -> float32 under bfloat16)."""
     tokens = _check_sequences(tokens)
     n_ce = tokens.shape[0] if n_ce_sequences is None else n_ce_sequences
     if not 0 < n_ce <= tokens.shape[0]:
