@@ -331,9 +331,9 @@ def test_a_run_label_outcome_wins_over_its_profile_outcome(tmp_path):
     assert of_profile(claims, "phi3-mini", "phi3-mini-bfloat16")[0].recorded is Outcome.INCONCLUSIVE  # neither: recorded
 
 
-def test_the_real_registry_records_the_two_bf16_outcomes():
-    """With the SAE's contractions in bf16 too (SAEParams.compute_dtype), C4 holds in bf16 as in float32 and the
-    C3 feature-null claim does not hold (float32: inconclusive)."""
+def test_the_real_registry_records_the_bf16_outcomes():
+    """With the SAE's contractions in bf16 too (SAEParams.compute_dtype), C4 holds in bf16 as in float32, the C3
+    feature-null claim does not hold (float32: inconclusive) and the letter refusal ablation sits at its bound."""
     from harness.claims.registry import load_registry, of_profile
 
     claims = load_registry(pathlib.Path(__file__).parents[1] / "evals" / "claims.toml", check_measures=False)
@@ -345,7 +345,8 @@ def test_the_real_registry_records_the_two_bf16_outcomes():
     assert (f32["C2-letter-smollm2-control-at-chance"], bf16["C2-letter-smollm2-control-at-chance"]) == (
         Outcome.INCONCLUSIVE, Outcome.HOLDS)
     assert {k for k, v in bf16.items() if v is not f32[k]} == {"C3-smollm2-mmlu-above-feature-null",
-                                                               "C2-letter-smollm2-control-at-chance"}
+                                                               "C2-letter-smollm2-control-at-chance",
+                                                               "I-refusal-ablation-lowers-letter"}
 
 
 @pytest.mark.parametrize(("recorded_on", "message"), [
