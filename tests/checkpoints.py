@@ -50,3 +50,16 @@ def tiny_checkpoint(tmp_path_factory, *, arch: str = "llama", n_layers: int = 3,
     path = tmp_path_factory.mktemp(f"tiny-{arch}-{n_layers}-{seed}") / "tiny.gguf"
     tiny_gguf(path, arch=arch, n_layers=n_layers, seed=seed)
     return read_gguf(path)
+
+
+def random_llama(*, seed: int, d: int, n_layers: int, vocab: int, ctx: int):
+    """A float32 transformers LlamaForCausalLM with random weights (4 heads, 2 kv heads, wide init so steering shows)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(hidden_size=d, intermediate_size=96, num_hidden_layers=n_layers,
+                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab,
+                                      max_position_embeddings=ctx, initializer_range=0.2, bos_token_id=1,
+                                      eos_token_id=2, pad_token_id=0)
+    return transformers.LlamaForCausalLM(config).float().eval()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from checkpoints import write_hf_checkpoint
+from checkpoints import random_llama, write_hf_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from penzai import pz
@@ -36,12 +36,7 @@ RESID_RTOL = 1e-5  # of the largest |residual| in the layer
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
-    torch.manual_seed(7)
-    config = transformers.LlamaConfig(hidden_size=D, intermediate_size=96, num_hidden_layers=N_LAYERS,
-                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
-                                      max_position_embeddings=CTX, initializer_range=0.2, bos_token_id=1,
-                                      eos_token_id=2, pad_token_id=0)
-    hf = transformers.LlamaForCausalLM(config).float().eval()
+    hf = random_llama(seed=7, d=D, n_layers=N_LAYERS, vocab=VOCAB, ctx=CTX)
     checkpoint = read_hf_dir(write_hf_checkpoint(tmp_path_factory.mktemp("llama"), hf))
     return checkpoint, hf
 

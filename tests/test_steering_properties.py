@@ -17,7 +17,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from checkpoints import write_hf_checkpoint
+from checkpoints import random_llama, write_hf_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,12 +41,7 @@ VECTOR = (np.random.default_rng(12).normal(size=D) * 8 / np.sqrt(D)).astype(np.f
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(checkpoint with the SmolLM2 tokenizer, scan-form model) of a tiny random llama over SmolLM2's vocabulary."""
-    torch.manual_seed(3)
-    config = transformers.LlamaConfig(hidden_size=D, intermediate_size=96, num_hidden_layers=N_LAYERS,
-                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
-                                      max_position_embeddings=CTX, initializer_range=0.2, bos_token_id=1,
-                                      eos_token_id=2, pad_token_id=0)
-    hf = transformers.LlamaForCausalLM(config).float().eval()
+    hf = random_llama(seed=3, d=D, n_layers=N_LAYERS, vocab=VOCAB, ctx=CTX)
     checkpoint = read_hf_dir(write_hf_checkpoint(tmp_path_factory.mktemp("llama-smollm2-vocab"), hf))
     path = sources.locate_checkpoint(None)
     checkpoint = dataclasses.replace(checkpoint, tokenizer=gguf_reader.read_tokenizer(gguf_reader.open_gguf(path), path))
