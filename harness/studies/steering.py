@@ -68,7 +68,8 @@ class PackedPair:
 
 
 def pack_pair(tokenizer, pair: ContrastPair, readouts: Sequence[str], *, max_len: int) -> PackedPair:
-    seqs, reads = [], []  # reads: (sequence index, token index it predicts or -1 for the letters, readout, slot, target)
+    """The pair's sequences of `readouts` in one trie row, with every token read (PackedPair)."""
+    seqs, reads = [], []  # reads: (sequence index, index of the token read, readout, slot, target token)
     for r, readout in enumerate(readouts):
         prompts = build_pair_prompts(tokenizer, pair, readout, max_len=max_len)
         a, b = prompts.options
@@ -105,8 +106,8 @@ def _logprobs(logits, targets):
 
 def run_packed_rows(rows: Sequence[Packed], reads: Sequence[tuple[np.ndarray, np.ndarray]], *, forward, take,
                     token_budget: int, label: str, max_shapes: int = 4):
-    """run_plan over packed rows: forward(ids, packing, at, targets, length) per batch, take(members, outputs);
-    `reads[i]` = (row indices, token ids) read from row i, padded to a power-of-two k per batch."""
+    """batching.run_plan over packed rows: forward(batch) with batch = {members, ids, packing, at, targets, length},
+    then take(members, outputs); `reads[i]` = (row indices, token ids) read from row i, padded to a power-of-two k."""
     lengths = [len(r.ids) for r in rows]
     plan = plan_batches(lengths, max_len=max(lengths), batch_size=16, token_budget=token_budget,
                         multiple=batch_multiple(), max_shapes=max_shapes)
