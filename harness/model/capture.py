@@ -174,6 +174,16 @@ def _residual_and_logits(model, tokens, layer, where, packing, at=None):
     return reading, _logits_from(model, resid, start, side, at)
 
 
+def check_positions(positions, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """`positions` as a [batch, k] int array of row indices into a [batch, seq] batch of `shape`, else InputError."""
+    positions = np.asarray(positions)
+    if positions.ndim != 2 or positions.shape[0] != shape[0]:
+        raise InputError(f"{what}: expected [batch={shape[0]}, k] indices, got {positions.shape}")
+    if positions.size and not 0 <= positions.min() <= positions.max() < shape[1]:
+        raise InputError(f"{what}: indices must lie in 0..{shape[1] - 1}")
+    return positions
+
+
 def _packing(tokens, packing):
     """A packed batch's (positions, segments, segment ends) as [batch, seq] int arrays shaped like the tokens, or None."""
     if packing is None:
@@ -239,11 +249,7 @@ def residual_and_logits(
     check_tokens(tokens, max_context)
     packing = _packing(tokens, packing)
     if logit_positions is not None:
-        logit_positions = np.asarray(logit_positions)
-        if logit_positions.ndim != 2 or logit_positions.shape[0] != tokens.shape[0]:
-            raise InputError(f"logit_positions: expected [batch={tokens.shape[0]}, k] indices, got {logit_positions.shape}")
-        if logit_positions.size and not 0 <= logit_positions.min() <= logit_positions.max() < tokens.shape[1]:
-            raise InputError(f"logit_positions: indices must lie in 0..{tokens.shape[1] - 1}")
+        logit_positions = check_positions(logit_positions, tokens.shape, "logit_positions")
     check_layer(model, layer, where)
     model = pz.freeze_params(model)
     tokens, packing, logit_positions = _shard(model, tokens, packing, logit_positions)

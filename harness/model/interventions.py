@@ -284,11 +284,7 @@ def continue_steered(model, resid, *, vector, alpha: float, layer: int, from_pos
     position = _position(from_position)
     start = None if position is None else jnp.int32(position)
     if at is not None:
-        at = np.asarray(at, np.int32)
-        if at.ndim != 2 or at.shape[0] != resid.shape[0] or (at.size and not 0 <= at.min() <= at.max() < resid.shape[1]):
-            raise InputError(f"at: expected [batch={resid.shape[0]}, k] positions in 0..{resid.shape[1] - 1}, got "
-                             f"shape {at.shape}")
-        at = jnp.asarray(at)
+        at = jnp.asarray(capture.check_positions(at, resid.shape, "at"), jnp.int32)
     return _continue_steered(pz.freeze_params(model), resid, v, jnp.float32(as_finite(alpha, "alpha")), start,
                              capture._packing(np.broadcast_to(0, resid.shape[:2]), packing), layer, at)
 

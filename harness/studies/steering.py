@@ -25,10 +25,12 @@ from harness.data.pairs import ContrastPair
 from harness.errors import InputError
 from harness.model import capture, interventions
 from harness.model.parallel import batch_multiple
+from harness.prompts.formats import letter_probe
 from harness.prompts.pair_prompts import PAIR_FORMATS, build_pair_prompts
 from harness.runs import batching
 from harness.runs.batching import PAD_ID, plan_batches
 from harness.runs.packing import Packed, pack_trie, stack_rows
+from harness.sae.metrics import cosine_similarity
 from harness.sae.pursuit import gradient_pursuit
 
 READOUTS = PAIR_FORMATS
@@ -74,7 +76,7 @@ def pack_pair(tokenizer, pair: ContrastPair, readouts: Sequence[str], *, max_len
         prompts = build_pair_prompts(tokenizer, pair, readout, max_len=max_len)
         a, b = prompts.options
         if readout == "letter":
-            if not all(o.n_tokens == 1 and not o.boundary_mismatch for o in prompts.options):
+            if letter_probe(prompts) is None:
                 raise InputError(f"pair {pair.pid}: the letters after 'Answer: (' are not one token each after the "
                                  f"context; the letter readout reads one next-token step")
             seqs.append(a.ids[:-1])
@@ -217,7 +219,12 @@ def caa_vector(model, checkpoint, pairs: Sequence[ContrastPair], *, layer: int, 
 
     run_packed_rows(rows, [(e, e) for e in ends], forward=forward, take=take, token_budget=token_budget,
                     label="CAA residuals")
-    values = (total / len(pairs)).astype(np.float32)
+    return caa_from_values(total / len(pairs), pairs, layer=layer)
+
+
+def caa_from_values(values, pairs: Sequence[ContrastPair], *, layer: int) -> Vector:
+    """The CAA Vector of `values` (caa_vector's mean, or the same read back from a cache) with its provenance."""
+    values = np.asarray(values, np.float32)
     return Vector(name="caa", values=values, layer=layer, source={
         "method": "CAA: mean resid_pre difference at the answer letter (behaviour - other)",
         "pairs": sorted({p.source for p in pairs}), "n_build": len(pairs), "layer": layer,
@@ -264,8 +271,7 @@ def named_vector(name: str, caa: Vector, decoder: np.ndarray) -> Vector:
 
 
 def _cosine(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    return cosine_similarity(np.asarray(a)[None], np.asarray(b)[None])
 
 
 # ---------------------------------------------------------------------------------------------------- effects
